@@ -1,0 +1,168 @@
+"""Image-folder data sets: class checks, a streaming loader, and the in-memory uint8 cache.
+
+A data set folder holds one sub-folder per emotion (any case: `angry/` or `Angry/`). Class indices
+follow the folder names sorted alphabetically, as torchvision's ImageFolder does; the checkpoint stores
+that order as `class_names`, so nothing downstream assumes FER-2013's numeric order.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cli import FERError
+from .labels import EMOTIONS, canonical_name
+from .preprocess import read_image, resize
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+# Images are cached at the model's input size, but at most this big: FER-2013 faces are 48 px, so a
+# 224 px input is upsampled from the cache on the fly rather than stored at 3 x 224 x 224 (4 GB).
+MAX_CACHE_SIDE = 112
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_classes(root) -> tuple[list[str], list[Path]]:
+    """Class names (canonical, in sorted folder order) and their folders; checks they are our 7 emotions."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FERError(f"data folder not found: {root}")
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    names = [canonical_name(p.name) for p in folders]
+    unknown = [p.name for p, n in zip(folders, names) if n is None]
+    missing = [e for e in EMOTIONS if e not in names]
+    if unknown or missing:
+        found = ", ".join(p.name for p in folders) or "no class folders"
+        raise FERError(f"{root} should hold one folder per emotion ({', '.join(EMOTIONS)}); found: {found}"
+                       + (f"; missing: {', '.join(missing)}" if missing else ""))
+    for folder in folders:
+        if not any(is_image(f) for f in folder.iterdir()):
+            raise FERError(f"class folder {folder} has no images")
+    # Sorted by the canonical name, as ImageFolder would sort the canonical folder names.
+    pairs = sorted(zip(names, folders))
+    return [n for n, _ in pairs], [f for _, f in pairs]
+
+
+def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(path, label) for every image under root, and the class names; labels index class_names."""
+    names, folders = find_classes(root)
+    if class_names is not None and names != list(class_names):
+        raise FERError(f"{root} has classes {names}, which differ from the training classes {list(class_names)}")
+    samples = [(f, label) for label, folder in enumerate(folders)
+               for f in sorted(folder.iterdir()) if f.is_file() and is_image(f)]
+    return samples, names
+
+
+def cache_size(input_size) -> list[int]:
+    return [min(s, MAX_CACHE_SIDE) for s in input_size]
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes images on access: uint8 C x H x W at `size`, and the label. Unreadable images give None."""
+
+    def __init__(self, samples, size, channels: int):
+        self.samples, self.size, self.channels = samples, list(size), channels
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        image = read_image(path, self.channels)
+        if image is None:
+            return None
+        image = resize(image, self.size)
+        image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(image)), label
+
+
+def collate_skip_unreadable(batch):
+    """Drop unreadable images (None) from a batch; the loaders count them."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good])
+
+
+def load_into_memory(samples, size, channels: int, num_workers: int = 0, desc: str = "loading",
+                     quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+    """Decode every image once into a uint8 N x C x H x W tensor (FER-2013 train: 28,709 x 48 x 48 = 66 MB).
+
+    Returns images, labels and the paths that could not be read (skipped).
+    """
+    dataset = FolderDataset(samples, size, channels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers,
+                                         collate_fn=lambda b: b)
+    images, labels, bad = [], [], []
+    index = 0
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=quiet, leave=False):
+        for item in batch:
+            if item is None:
+                bad.append(samples[index][0])
+            else:
+                images.append(item[0])
+                labels.append(item[1])
+            index += 1
+    if not images:
+        raise FERError(f"no readable images among {len(samples)} files (first: {samples[0][0] if samples else '-'})")
+    return torch.stack(images), torch.tensor(labels), bad
+
+
+class MemoryLoader:
+    """Batches straight from in-memory tensors: a shuffled index slice per batch, no per-image work.
+
+    With several processes (DistributedDataParallel) each rank takes its own share of every epoch's order.
+    """
+
+    def __init__(self, images, labels, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def _indices(self):
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(n)
+        return order[self.rank::self.world_size]
+
+    def __len__(self):
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, seed=0, rank=0, world_size=1,
+                     pin_memory=False, drop_last=False):
+    """A DataLoader that decodes JPEGs every epoch (for data sets too big for memory)."""
+    dataset = FolderDataset(samples, size, channels)
+    sampler = None
+    if world_size > 1 or shuffle:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       collate_fn=collate_skip_unreadable, pin_memory=pin_memory,
+                                       drop_last=drop_last, persistent_workers=num_workers > 0)
+
+
+def default_num_workers() -> int:
+    try:
+        return min(4, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return min(4, os.cpu_count() or 1)

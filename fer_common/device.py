@@ -1,0 +1,71 @@
+"""One place for the device: which one, autocast and grad scaler for it, clearing its memory."""
+
+import contextlib
+import gc
+import os
+
+import torch
+
+from .cli import FERError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device, checking that it exists."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FERError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FERError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FERError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise FERError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    elif device.type != "cpu":
+        raise FERError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for `device`: bf16 where the GPU has it, else fp16; None (no AMP) on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast context; a no-op when dtype is None, so the training loop never branches on AMP."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler that only scales for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def clear_gpu_memory() -> None:
+    """Release cached GPU memory (the original project did this between stages). No-op without CUDA."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def set_cpu_threads() -> None:
+    """Use every core we are allowed, unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores))

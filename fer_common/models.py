@@ -1,0 +1,151 @@
+"""The two models. Both map a face batch to (logits, embedding); return_embedding=True gives the embedding alone."""
+
+import torch
+import torch.nn as nn
+
+from .cli import FERError
+from .labels import NUM_CLASSES
+from .preprocess import ADVANCED_PREPROCESSING, DEFAULT_PREPROCESSING
+
+DEFAULT_BACKBONE = "swin_base_patch4_window7_224"
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class FERNet(nn.Module):
+    """The default model: a VGG-style CNN for 1 x 48 x 48 grayscale faces.
+
+    Four stages of two 3x3 conv-BN-ReLU layers, each followed by 2x2 max pooling
+    (48 -> 24 -> 12 -> 6 -> 3), global average pooling, a 128-d embedding layer, a linear classifier.
+    VGG-style nets are the strongest single models published on FER-2013; plain 3x3 convs are
+    also what CPUs and ONNX Runtime run fastest per FLOP.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, embedding_dim: int = 128, in_chans: int = 1,
+                 widths: tuple = (32, 64, 128, 256), dropout: float = 0.3):
+        super().__init__()
+        layers, cin = [], in_chans
+        for i, width in enumerate(widths):
+            # The first stage runs at full 48x48 resolution, so it gets a single conv to save FLOPs.
+            layers += [conv_bn(cin, width)] + ([] if i == 0 else [conv_bn(width, width)]) + [nn.MaxPool2d(2)]
+            cin = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.embedding = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, embedding_dim),
+                                       nn.BatchNorm1d(embedding_dim), nn.ReLU(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)         # N, widths[-1]
+
+    def forward_head(self, features: torch.Tensor):
+        embedding = self.embedding(features)                    # N, embedding_dim
+        return self.classifier(embedding), embedding           # N, num_classes
+
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        logits, embedding = self.forward_head(self.forward_features(x))
+        return embedding if return_embedding else (logits, embedding)
+
+
+class AdvancedFER(nn.Module):
+    """The advanced model: a timm backbone (Swin-Base by default), pooled, projected to a 128-d embedding.
+
+    timm pools each backbone's last feature map the right way for it (Swin's is channels-last,
+    N x 7 x 7 x C, and is averaged over its spatial axes), so any timm model name works here.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, embedding_dim: int = 128,
+                 backbone: str = DEFAULT_BACKBONE, hidden_dim: int = 512, dropout: float = 0.3,
+                 pretrained: bool = False, pretrained_weights: str | None = None, backbone_kwargs: dict | None = None):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, pretrained_weights, **(backbone_kwargs or {}))
+        self.embedding = nn.Sequential(
+            nn.Linear(self.backbone.num_features, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, embedding_dim))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)                                 # N, num_features (pooled by timm)
+
+    def forward_head(self, features: torch.Tensor):
+        embedding = self.embedding(features)                    # N, embedding_dim
+        return self.classifier(embedding), embedding
+
+    def forward(self, x: torch.Tensor, return_embedding: bool = False):
+        logits, embedding = self.forward_head(self.forward_features(x))
+        return embedding if return_embedding else (logits, embedding)
+
+
+def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str | None = None, **kwargs) -> nn.Module:
+    """A headless timm model (num_classes=0: pooled features out), with ImageNet weights if asked."""
+    import timm
+
+    if not timm.is_model(name):
+        raise FERError(f"timm does not know the backbone '{name}' (see timm.list_models(), e.g. swin_tiny_patch4_window7_224)")
+    if pretrained_weights:
+        from pathlib import Path
+        if not Path(pretrained_weights).is_file():
+            raise FERError(f"pretrained weights file not found: {pretrained_weights}")
+        # timm loads the local file as it would the hub's, dropping the classifier it no longer has.
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_weights))
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if not pretrained:
+            raise
+        if pretrained_weights:
+            raise FERError(f"could not load pretrained weights from {pretrained_weights}: {str(e).splitlines()[0]}") from None
+        raise FERError(f"could not download ImageNet weights for {name} (offline?): give a local file with "
+                       f"--pretrained_weights PATH, or train from scratch with --no_pretrained") from None
+
+
+MODEL_TYPES = {"default": FERNet, "advanced": AdvancedFER}
+
+
+def create_model(model_type: str, **config) -> nn.Module:
+    """Build a model by type from its constructor arguments (as stored in a checkpoint's model_config)."""
+    if model_type not in MODEL_TYPES:
+        raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_TYPES)})")
+    return MODEL_TYPES[model_type](**config)
+
+
+def default_preprocessing(model_type: str, model: nn.Module | None = None) -> dict:
+    """The preprocessing a freshly built model expects; for timm backbones, from the backbone's own config."""
+    if model_type == "default":
+        return dict(DEFAULT_PREPROCESSING)
+    prep = dict(ADVANCED_PREPROCESSING)
+    if model is not None:
+        import timm.data
+        cfg = timm.data.resolve_model_data_config(model.backbone)
+        prep.update(input_size=list(cfg["input_size"][1:]), mean=list(cfg["mean"]), std=list(cfg["std"]))
+    return prep
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def add_model_args(parser, model_type: str):
+    """Model flags: the embedding size for both models; backbone and ImageNet weights for the advanced one."""
+    g = parser.add_argument_group("Model")
+    g.add_argument("--embedding_dim", type=int, default=128, help="size of the face embedding")
+    g.add_argument("--dropout", type=float, default=0.3, help="dropout before the embedding and classifier layers")
+    if model_type == "advanced":
+        g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                       help="timm model name (e.g. swin_tiny_patch4_window7_224, convnext_tiny, efficientnet_b0)")
+        g.add_argument("--pretrained", dest="pretrained", action="store_true", default=True,
+                       help="start from timm's ImageNet weights (downloaded once when online)")
+        g.add_argument("--no_pretrained", dest="pretrained", action="store_false", help="start from random weights")
+        g.add_argument("--pretrained_weights", metavar="PATH",
+                       help="local timm/torchvision state dict of the backbone (for offline machines)")
+    return g
+
+
+def model_config_from_args(args, model_type: str) -> dict:
+    config = {"embedding_dim": args.embedding_dim, "dropout": args.dropout}
+    if model_type == "advanced":
+        config.update(backbone=args.backbone, pretrained=args.pretrained, pretrained_weights=args.pretrained_weights)
+    return config

@@ -1,0 +1,107 @@
+"""Preprocessing: the config each model type carries, and the one function that applies it.
+
+A preprocessing config is a plain dict stored in every checkpoint and ONNX file:
+    {"input_size": [H, W], "channels": 1 or 3, "mean": [...], "std": [...]}
+Inference reads it from the model file; no flag repeats it.
+"""
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# FER-2013's pixel statistics are close to mean 0.5, std 0.25 on the [0, 1] scale.
+DEFAULT_PREPROCESSING = {"input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.25]}
+ADVANCED_PREPROCESSING = {"input_size": [224, 224], "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+
+def read_image(path, channels: int) -> np.ndarray | None:
+    """Decode an image file as uint8 HxW (channels=1) or HxWx3 RGB (channels=3); None if unreadable."""
+    # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(data, flag) if data.size else None
+    if image is not None and channels == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def to_channels(image: np.ndarray, channels: int, bgr: bool = True) -> np.ndarray:
+    """Gray HxW or colour HxWx3 (BGR as OpenCV gives it, unless bgr=False) -> HxW gray or HxWx3 RGB."""
+    if channels == 1:
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
+
+
+def resize(image: np.ndarray, size) -> np.ndarray:
+    """Resize to (H, W): area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    shrinking = image.shape[0] > h or image.shape[1] > w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def prepare_batch(crops, prep: dict, bgr: bool = True) -> np.ndarray:
+    """Face crops (uint8, BGR from OpenCV by default, or gray) -> float32 N x C x H x W, normalised."""
+    size, channels = prep["input_size"], prep["channels"]
+    batch = np.stack([resize(to_channels(c, channels, bgr), size) for c in crops]).astype(np.float32)
+    if channels == 1:
+        batch = batch[:, None]                 # N,1,H,W
+    else:
+        batch = batch.transpose(0, 3, 1, 2)    # N,H,W,3 -> N,3,H,W
+    mean = np.asarray(prep["mean"], np.float32).reshape(1, -1, 1, 1) * 255.0
+    std = np.asarray(prep["std"], np.float32).reshape(1, -1, 1, 1) * 255.0
+    return np.ascontiguousarray((batch - mean) / std)
+
+
+def normalize(images: torch.Tensor, prep: dict) -> torch.Tensor:
+    """uint8 N x C x h x w (any size) -> float N x C x H x W at the model's input size, normalised."""
+    x = images.float().div_(255.0)
+    if tuple(x.shape[-2:]) != tuple(prep["input_size"]):
+        x = F.interpolate(x, size=tuple(prep["input_size"]), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(prep["mean"], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(prep["std"], device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None = None,
+            max_rotation: float = 10.0, scale: tuple = (0.9, 1.1), max_shift: float = 0.08,
+            brightness: float = 0.2, contrast: float = 0.2) -> torch.Tensor:
+    """Training augmentation on a whole uint8 batch at once, on whatever device the batch is on.
+
+    One random affine warp per image (horizontal flip, small rotation, zoom and shift, all
+    plausible for a face crop) done by a single grid_sample, then brightness/contrast jitter.
+    Doing it batched keeps CPU training fast: no per-image Python work.
+    """
+    n = images.shape[0]
+    device = images.device
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device="cpu").to(device)  # noqa: E731
+    x = images.float().div_(255.0)
+    angle = (rand(n) * 2 - 1) * (max_rotation * torch.pi / 180)
+    zoom = scale[0] + rand(n) * (scale[1] - scale[0])
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
+    shift = (rand(n, 2) * 2 - 1) * max_shift * 2   # grid units span [-1, 1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    h, w = prep["input_size"]
+    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    if x.shape[-2] < h or x.shape[-1] < w:
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain = 1 + (rand(n, 1, 1, 1) * 2 - 1) * contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * gain + mean + (rand(n, 1, 1, 1) * 2 - 1) * brightness * 0.5
+    x = x.clamp_(0, 1)
+    m = torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1)
+    s = torch.tensor(prep["std"], device=device).view(1, -1, 1, 1)
+    return (x - m) / s

@@ -1,0 +1,394 @@
+"""The training loop both training scripts use: data, model, optimisation, early stopping, checkpoints, export.
+
+Runs on one device, or under `torchrun --nproc_per_node=N` with DistributedDataParallel
+(rank 0 logs, saves and exports; each rank trains on its own share of every epoch).
+"""
+
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data as fdata
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from .cli import FERError, add_device_args
+from .device import amp_dtype, autocast, clear_gpu_memory, grad_scaler, resolve_device, set_cpu_threads
+from .files import write_json
+from .models import create_model, default_preprocessing, count_parameters
+from .onnx_export import export_onnx
+from .preprocess import augment, normalize
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower validation loss, then confirm with `extra_epochs` more.
+
+    A new best validation loss during the confirmation epochs cancels the stop and training goes on
+    as normal; otherwise training stops when they are used up.
+    """
+
+    def __init__(self, patience: int = 3, extra_epochs: int = 2, min_delta: float = 0.0):
+        self.patience, self.extra_epochs, self.min_delta = patience, extra_epochs, min_delta
+        self.best = math.inf
+        self.bad_epochs = 0      # epochs since the last improvement
+        self.pending = False     # patience is used up; confirmation epochs are running
+        self.confirmed = 0       # confirmation epochs done
+
+    def step(self, val_loss: float) -> str:
+        """Record an epoch's validation loss.
+
+        Returns 'improved', 'waiting', 'patience_out' (confirmation starts), 'confirming', 'resumed'
+        (improved during confirmation) or 'stop'.
+        """
+        if val_loss < self.best - self.min_delta:
+            resumed = self.pending
+            self.best, self.bad_epochs, self.pending, self.confirmed = val_loss, 0, False, 0
+            return "resumed" if resumed else "improved"
+        self.bad_epochs += 1
+        if self.pending:
+            self.confirmed += 1
+            return "stop" if self.confirmed >= self.extra_epochs else "confirming"
+        if self.bad_epochs >= self.patience:
+            self.pending = True
+            return "stop" if self.extra_epochs == 0 else "patience_out"
+        return "waiting"
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "pending": self.pending, "confirmed": self.confirmed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.pending, self.confirmed = state["pending"], state["confirmed"]
+
+    def describe(self, status: str) -> str:
+        return {"improved": "improved (best so far, saved)",
+                "resumed": "improved during confirmation: training goes on (saved)",
+                "waiting": f"no improvement ({self.bad_epochs}/{self.patience})",
+                "patience_out": f"no improvement ({self.bad_epochs}/{self.patience}): "
+                                f"{self.extra_epochs} confirmation epoch(s) follow",
+                "confirming": f"no improvement: confirmation epoch {self.confirmed}/{self.extra_epochs}",
+                "stop": "no improvement: early stop confirmed"}[status]
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, learning_rate: float,
+                      step_size: int, gamma: float, patience: int, output_model: str, output_onnx: str) -> None:
+    """The flags both training scripts share, with each script's own defaults."""
+    g = parser.add_argument_group("Data")
+    g.add_argument("--dataset_path", default="dataset", help="folder holding train_new/ and val_new/ (see validation_split.py)")
+    g.add_argument("--num_workers", type=int, default=fdata.default_num_workers(), help="data loading processes")
+    g.add_argument("--no_cache", action="store_true",
+                   help="decode images from disk every epoch instead of caching them in memory as uint8")
+    g = parser.add_argument_group("Optimisation")
+    g.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
+    g.add_argument("--batch_size", type=int, default=batch_size, help="images per batch (per process under torchrun)")
+    g.add_argument("--learning_rate", type=float, default=learning_rate, help="initial learning rate (AdamW)")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--scheduler", choices=["step", "cosine"], default="step",
+                   help="step: StepLR(step_size, gamma) as in the original; cosine: cosine decay over --epochs")
+    g.add_argument("--step_size", type=int, default=step_size, help="StepLR: epochs between learning-rate drops")
+    g.add_argument("--gamma", type=float, default=gamma, help="StepLR: learning-rate factor at each drop")
+    g.add_argument("--patience", type=int, default=patience, help="early stopping: epochs without a lower val loss")
+    g.add_argument("--extra_epochs", type=int, default=2,
+                   help="early stopping: confirmation epochs after patience runs out (an improvement resumes training)")
+    g.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    g.add_argument("--class_weights", choices=["none", "sqrt", "balanced"], default="sqrt",
+                   help="loss weights against class imbalance (Disgust is 1.5%% of FER-2013): "
+                        "balanced = 1/frequency, sqrt = its square root")
+    g.add_argument("--seed", type=int, default=42, help="random seed")
+    g = add_device_args(parser)
+    g.add_argument("--no_amp", action="store_true", help="on CUDA, train in fp32 instead of bf16/fp16 autocast")
+    g = parser.add_argument_group("Output")
+    g.add_argument("--output_model", default=output_model, help="best checkpoint (lowest val loss)")
+    g.add_argument("--output_onnx", default=output_onnx, help="ONNX export of the best model, written at the end")
+    g.add_argument("--resume", metavar="CHECKPOINT", help="continue training from a checkpoint (its *.last.pth file)")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def last_checkpoint_path(output_model) -> Path:
+    p = Path(output_model)
+    return p.with_name(p.stem + ".last" + p.suffix)
+
+
+def metrics_path(output_model) -> Path:
+    p = Path(output_model)
+    return p.with_name(p.stem + "_metrics.json")
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def init_distributed(device_arg: str):
+    """(rank, world_size, device); starts the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, resolve_device(device_arg)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return dist.get_rank(), world_size, device
+
+
+def all_reduce_sum(values: list[float], device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def to_model_input(images, device, prep, train: bool, generator=None):
+    images = images.to(device, non_blocking=True)
+    x = augment(images, prep, generator) if train else normalize(images, prep)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler, desc="train", quiet=False):
+    """One pass over the training data; returns the mean training loss (over all processes)."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=quiet)
+    for images, labels in bar:
+        if len(labels) == 0:
+            continue
+        x = to_model_input(images, device, prep, train=True)
+        y = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits, _ = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    total, count = all_reduce_sum([total, count], device)
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, prep, amp=None, loss_fn=None, desc="val", quiet=False):
+    """Mean loss, accuracy and per-image predictions (this process's share) over a loader."""
+    model.eval()
+    loss_fn = loss_fn or torch.nn.CrossEntropyLoss()
+    total, correct, count = 0.0, 0, 0
+    predictions, targets = [], []
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=quiet):
+        if len(labels) == 0:
+            continue
+        x = to_model_input(images, device, prep, train=False)
+        y = labels.to(device)
+        with autocast(device, amp):
+            logits, _ = model(x)
+        logits = logits.float()
+        total += loss_fn(logits, y).item() * len(y)
+        pred = logits.argmax(1)
+        correct += (pred == y).sum().item()
+        count += len(y)
+        predictions.append(pred.cpu())
+        targets.append(y.cpu())
+    total, correct, count = all_reduce_sum([total, correct, count], device)
+    preds = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+    targs = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
+    return total / max(count, 1), correct / max(count, 1), preds, targs
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_(min=1)
+    weights = counts.sum() / (num_classes * counts)
+    if mode == "sqrt":
+        weights = weights.sqrt()
+    return weights / (weights * counts).sum() * counts.sum()   # keeps the mean weight per image at 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_outputs(args) -> None:
+    """Refuse to replace a user's files unless asked (resuming continues the same files)."""
+    if args.overwrite or args.resume:
+        return
+    existing = [p for p in (args.output_model, args.output_onnx) if Path(p).exists()]
+    if existing:
+        raise FERError(f"{existing[0]} already exists: pass --overwrite to replace it, "
+                       f"--resume {last_checkpoint_path(args.output_model)} to continue, or choose --output_model/--output_onnx")
+
+
+def build_loaders(args, prep, rank, world_size, device, log):
+    root = Path(args.dataset_path)
+    train_dir, val_dir = root / "train_new", root / "val_new"
+    for d in (train_dir, val_dir):
+        if not d.is_dir():
+            raise FERError(f"{d} not found: split the training set first with "
+                           f"'python validation_split.py --dataset_path {root}'")
+    train_samples, class_names = fdata.list_samples(train_dir)
+    val_samples, _ = fdata.list_samples(val_dir, class_names)
+    size = fdata.cache_size(prep["input_size"])
+    channels = prep["channels"]
+    pin = device.type == "cuda"
+    if args.no_cache:
+        train = fdata.streaming_loader(train_samples, size, channels, args.batch_size, True, args.num_workers,
+                                       args.seed, rank, world_size, pin, drop_last=True)
+        val = fdata.streaming_loader(val_samples, size, channels, args.batch_size * 2, False, args.num_workers,
+                                     rank=rank, world_size=world_size, pin_memory=pin)
+        train_labels = torch.tensor([label for _, label in train_samples])
+    else:
+        quiet = rank != 0
+        timgs, train_labels, tbad = fdata.load_into_memory(train_samples, size, channels, args.num_workers, "caching train", quiet)
+        vimgs, vlabels, vbad = fdata.load_into_memory(val_samples, size, channels, args.num_workers, "caching val", quiet)
+        for bad in (tbad, vbad):
+            if bad:
+                log(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}")
+        if pin:
+            timgs, vimgs = timgs.pin_memory(), vimgs.pin_memory()
+        train = fdata.MemoryLoader(timgs, train_labels, args.batch_size, True, args.seed, rank, world_size, drop_last=True)
+        val = fdata.MemoryLoader(vimgs, vlabels, args.batch_size * 2, False, rank=rank, world_size=world_size)
+    log(f"data: {len(train_samples)} train / {len(val_samples)} val images in {len(class_names)} classes "
+        f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}")
+    return train, val, class_names, train_labels
+
+
+def make_scheduler(optimizer, args):
+    if args.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs), eta_min=args.learning_rate * 0.01)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
+
+
+def set_epoch(loader, epoch):
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif isinstance(getattr(loader, "sampler", None), torch.utils.data.DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+def train(args, model_type: str, model_config: dict) -> dict:
+    """Train a model of `model_type` built from `model_config` as `args` say; returns the best metrics."""
+    rank, world_size, device = init_distributed(args.device)
+    is_main = rank == 0
+    log = print if is_main else (lambda *a, **k: None)
+    try:
+        if device.type == "cpu" and world_size == 1:
+            set_cpu_threads()
+        seed_everything(args.seed + rank)
+        check_outputs(args)
+
+        resume = load_checkpoint(args.resume, expected_type=model_type) if args.resume else None
+        if resume is not None:
+            model = model_from_checkpoint(resume, args.resume)
+            model_config = resume["model_config"]
+            prep = resume["preprocessing"]
+        else:
+            model = create_model(model_type, **model_config)
+            prep = default_preprocessing(model_type, model)
+
+        train_loader, val_loader, class_names, train_labels = build_loaders(args, prep, rank, world_size, device, log)
+        if resume is not None and resume["class_names"] != class_names:
+            raise FERError(f"{args.resume} was trained on classes {resume['class_names']}, the data has {class_names}")
+
+        model = model.to(device).to(memory_format=torch.channels_last)
+        if world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        amp = amp_dtype(device, enabled=not args.no_amp)
+        scaler = grad_scaler(device, amp)
+        weights = class_weights(train_labels, len(class_names), args.class_weights)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                                            label_smoothing=args.label_smoothing)
+        val_loss_fn = torch.nn.CrossEntropyLoss()   # plain loss: comparable across settings
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+        scheduler = make_scheduler(optimizer, args)
+        stopper = EarlyStopping(args.patience, args.extra_epochs)
+        history, start_epoch = [], 1
+        if resume is not None:
+            start_epoch = resume.get("epoch", 0) + 1
+            history = list(resume.get("history", []))
+            if "optimizer" in resume:
+                optimizer.load_state_dict(resume["optimizer"])
+                scheduler.load_state_dict(resume["scheduler"])
+                stopper.load_state_dict(resume["early_stopping"])
+            else:
+                log(f"warning: {args.resume} has no optimizer state (a best-model file); optimizer starts afresh")
+            log(f"resuming from {args.resume} at epoch {start_epoch}")
+
+        log(f"model: {model_type}, {count_parameters(model) / 1e6:.2f} M parameters, input "
+            f"{prep['channels']}x{prep['input_size'][0]}x{prep['input_size'][1]}; device {device}"
+            f"{f' x {world_size} processes' if world_size > 1 else ''}; AMP {amp or 'off'}")
+        run_args = {k: v for k, v in vars(args).items()}
+
+        def checkpoint(epoch, metrics, with_state):
+            extra = {"epoch": epoch, "metrics": metrics, "args": run_args, "history": history}
+            if with_state:
+                extra.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             early_stopping=stopper.state_dict())
+            return make_checkpoint(model, model_type, model_config, class_names, prep, **extra)
+
+        best = next((h for h in history if h["val_loss"] == stopper.best), None)
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, args.epochs + 1):
+            started = time.time()
+            set_epoch(train_loader, epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss = train_one_epoch(model, train_loader, optimizer, loss_fn, device, prep, amp, scaler,
+                                         desc=f"epoch {epoch}/{args.epochs}", quiet=not is_main)
+            val_loss, val_acc, _, _ = evaluate(model, val_loader, device, prep, amp, val_loss_fn, quiet=not is_main)
+            scheduler.step()
+            previous_best = stopper.best
+            status = stopper.step(val_loss)
+            improvement = previous_best - val_loss if math.isfinite(previous_best) else float("nan")
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                   "improvement": improvement, "status": status, "seconds": round(time.time() - started, 1)}
+            history.append(row)
+            change = f"{improvement:+.4f}" if math.isfinite(improvement) else "   -   "
+            log(f"epoch {epoch:3d}/{args.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                f"val_acc {val_acc * 100:6.2f}%  lr {lr:.2e}  improvement {change}  "
+                f"{stopper.describe(status)}  [{row['seconds']:.0f}s]")
+            if is_main:
+                if status in ("improved", "resumed"):
+                    best = row
+                    save_checkpoint(checkpoint(epoch, {"val_loss": val_loss, "val_acc": val_acc}, False), args.output_model)
+                save_checkpoint(checkpoint(epoch, {"val_loss": val_loss, "val_acc": val_acc}, True),
+                                last_checkpoint_path(args.output_model))
+                write_json(metrics_path(args.output_model), {"model_type": model_type, "class_names": class_names,
+                                                             "best": best, "history": history})
+            if status == "stop":
+                log(f"early stopping at epoch {epoch}: no lower validation loss in {args.patience} + "
+                    f"{args.extra_epochs} epochs")
+                break
+        if is_main and best is None:
+            raise FERError("no epoch was trained (is --epochs below the resumed epoch?)")
+        if is_main:
+            final = load_checkpoint(args.output_model, expected_type=model_type)
+            best_model = model_from_checkpoint(final, args.output_model)
+            log(f"best epoch {best['epoch']}: val_loss {best['val_loss']:.4f}, val_acc {best['val_acc'] * 100:.2f}% "
+                f"-> {args.output_model}")
+            export_onnx(best_model, args.output_onnx, model_type, class_names, prep)
+            log(f"ONNX model -> {args.output_onnx}; history -> {metrics_path(args.output_model)}")
+        return best
+    finally:
+        clear_gpu_memory()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
