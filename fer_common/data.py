@@ -89,28 +89,33 @@ def collate_skip_unreadable(batch):
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good])
 
 
+def _stack_batch(batch):
+    """Collate for caching: one stacked tensor per batch (one shared-memory handle, not hundreds)."""
+    good = [b for b in batch if b is not None]
+    images = torch.stack([b[0] for b in good]) if good else torch.empty(0, dtype=torch.uint8)
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, labels, [i for i, b in enumerate(batch) if b is None]
+
+
 def load_into_memory(samples, size, channels: int, num_workers: int = 0, desc: str = "loading",
                      quiet: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
     """Decode every image once into a uint8 N x C x H x W tensor (FER-2013 train: 28,709 x 48 x 48 = 66 MB).
 
     Returns images, labels and the paths that could not be read (skipped).
     """
-    dataset = FolderDataset(samples, size, channels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers,
-                                         collate_fn=lambda b: b)
+    batch_size = 256
+    loader = torch.utils.data.DataLoader(FolderDataset(samples, size, channels), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_stack_batch)
     images, labels, bad = [], [], []
-    index = 0
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=quiet, leave=False):
-        for item in batch:
-            if item is None:
-                bad.append(samples[index][0])
-            else:
-                images.append(item[0])
-                labels.append(item[1])
-            index += 1
+    for b, (batch_images, batch_labels, bad_positions) in enumerate(
+            tqdm(loader, desc=desc, unit="batch", disable=quiet, leave=False)):
+        images.append(batch_images)
+        labels.append(batch_labels)
+        bad += [samples[b * batch_size + i][0] for i in bad_positions]
+    images = [t for t in images if len(t)]
     if not images:
         raise FERError(f"no readable images among {len(samples)} files (first: {samples[0][0] if samples else '-'})")
-    return torch.stack(images), torch.tensor(labels), bad
+    return torch.cat(images), torch.cat(labels), bad
 
 
 class MemoryLoader:

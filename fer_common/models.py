@@ -1,5 +1,7 @@
 """The two models. Both map a face batch to (logits, embedding); return_embedding=True gives the embedding alone."""
 
+import socket
+
 import torch
 import torch.nn as nn
 
@@ -24,7 +26,7 @@ class FERNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, embedding_dim: int = 128, in_chans: int = 1,
-                 widths: tuple = (32, 64, 128, 256), dropout: float = 0.3):
+                 widths: tuple = (40, 80, 160, 320), dropout: float = 0.3):
         super().__init__()
         layers, cin = [], in_chans
         for i, width in enumerate(widths):
@@ -91,6 +93,10 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
         # timm loads the local file as it would the hub's, dropping the classifier it no longer has.
         kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_weights))
         pretrained = True
+    if pretrained and not pretrained_weights and not _hub_reachable():
+        # Offline: let the hub client use its local cache only, instead of retrying for a minute.
+        import huggingface_hub.constants
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
@@ -100,6 +106,14 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
             raise FERError(f"could not load pretrained weights from {pretrained_weights}: {str(e).splitlines()[0]}") from None
         raise FERError(f"could not download ImageNet weights for {name} (offline?): give a local file with "
                        f"--pretrained_weights PATH, or train from scratch with --no_pretrained") from None
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 MODEL_TYPES = {"default": FERNet, "advanced": AdvancedFER}

@@ -1,0 +1,310 @@
+"""Getting FER-2013 into `dataset/<split>/<Class>/`: from Kaggle, from a URL, or from a local file or folder.
+
+`import_dataset` does the whole job. It never leaves a half data set that looks complete: the images are
+written into a hidden temporary folder next to the output, together with a `.complete.json` marker (the
+source and the counts), and that folder is renamed into place only at the end. A data set with the marker is
+"complete" and is not fetched again unless forced. Downloads go to `<output>.download/` as `<name>.part`,
+so an interrupted download resumes where it stopped; the folder is removed once the import succeeded.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+from tqdm import tqdm
+
+from .cli import FERError
+from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip, sort_splits
+from .files import write_json
+from .labels import EMOTIONS
+
+KAGGLE_API = "https://www.kaggle.com/api/v1"
+KAGGLE_DATASET = "msambare/fer2013"
+COMPLETE_MARKER = ".complete.json"
+TIMEOUT_S = 30
+CHUNK = 1 << 16
+
+
+# ---------------------------------------------------------------- downloading
+
+def kaggle_credentials() -> tuple[str, str]:
+    """(username, key) from KAGGLE_USERNAME/KAGGLE_KEY, else from kaggle.json, as the kaggle CLI finds them."""
+    user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+    if user and key:
+        return user, key
+    config_dir = Path(os.environ["KAGGLE_CONFIG_DIR"]) if os.environ.get("KAGGLE_CONFIG_DIR") \
+        else Path.home() / ".kaggle"
+    path = config_dir / "kaggle.json"
+    if path.is_file():
+        try:
+            token = json.loads(path.read_text())
+            return str(token["username"]), str(token["key"])
+        except (ValueError, KeyError, TypeError):
+            raise FERError(f'{path} is not a Kaggle API token (expected {{"username": ..., "key": ...}})') from None
+    raise FERError(f"no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or save your API token "
+                   f"(kaggle.com > Settings > API > Create New Token) as {path}; "
+                   f"or import a file you downloaded with --source PATH or --source URL")
+
+
+def _no_network(url: str, e: Exception) -> FERError:
+    host = urlparse(url).netloc or url
+    why = "timed out" if isinstance(e, requests.Timeout) else "connection failed"
+    return FERError(f"cannot reach {host} ({why}; no network?): download the data set elsewhere "
+                    f"and import it with --source PATH")
+
+
+def _http_error(response: requests.Response, url: str) -> FERError:
+    hint = ""
+    if response.status_code in (401, 403) and response.request.headers.get("Authorization"):
+        hint = "; check your Kaggle username and API key, and that you accepted the data set's rules on kaggle.com"
+    return FERError(f"HTTP {response.status_code} {response.reason} for {url}{hint}")
+
+
+def _stream(url: str, part: Path, auth=None) -> None:
+    """Append the rest of `url` to `part`, resuming with a Range request when part already holds a start."""
+    offset = part.stat().st_size if part.exists() else 0
+    # identity: the bytes on disk must be the bytes the server counts, or Range offsets would not match.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = requests.get(url, headers=headers, auth=auth, stream=True, timeout=TIMEOUT_S)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise _no_network(url, e) from None
+    except requests.RequestException as e:
+        raise FERError(f"cannot download {url}: {type(e).__name__}") from None
+    with response:
+        if offset and response.status_code == 416:  # the part file is no prefix of this file: start over
+            part.unlink()
+            return _stream(url, part, auth)
+        if response.status_code >= 400:
+            raise _http_error(response, url)
+        if offset and (response.status_code != 206
+                       or not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")):
+            print(f"the server does not resume downloads; starting {part.name} again from the start")
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        with open(part, "ab" if offset else "wb") as f, \
+                tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=part.name.removesuffix(".part")) as bar:
+            try:
+                for chunk in response.iter_content(CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            except requests.RequestException as e:
+                raise FERError(f"download of {url} broke off after {f.tell()} bytes ({type(e).__name__}); "
+                               f"run the same command again to resume it") from None
+            size = f.tell()
+    if total is not None and size != total:
+        raise FERError(f"download of {url} broke off after {size} of {total} bytes; "
+                       f"run the same command again to resume it")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str, remove: bool) -> None:
+    """Raise FERError naming both sums if `path` does not hash to `expected` (and delete it if `remove`)."""
+    actual = sha256_of(path)
+    if actual != expected.strip().lower():
+        if remove:
+            path.unlink()
+        raise FERError(f"checksum mismatch for {path.name}: expected sha256 {expected.strip().lower()}, "
+                       f"got {actual}" + (" (removed the download)" if remove else ""))
+
+
+def url_file_name(url: str) -> str:
+    name = Path(unquote(urlparse(url).path)).name
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "download"
+
+
+def fetch(url: str, cache_dir, sha256: str | None = None, auth=None, name: str | None = None) -> Path:
+    """Download `url` into cache_dir/<name> (resuming cache_dir/<name>.part) and check its sha256."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / (name or url_file_name(url))
+    if final.exists():
+        print(f"using {final}, downloaded before")
+    else:
+        part = final.with_name(final.name + ".part")
+        print(f"downloading {url}" + (f" (resuming {part})" if part.exists() else ""))
+        try:
+            _stream(url, part, auth)
+        except BaseException:
+            if part.exists() and part.stat().st_size == 0:
+                part.unlink()
+            with contextlib.suppress(OSError):
+                cache_dir.rmdir()  # only if empty: nothing worth resuming
+            raise
+        os.replace(part, final)
+    if sha256:
+        check_sha256(final, sha256, remove=True)
+    return final
+
+
+def download_kaggle(cache_dir, api_base: str = KAGGLE_API, sha256: str | None = None) -> Path:
+    """The msambare/fer2013 zip through Kaggle's REST API (HTTP basic auth with the API token)."""
+    user, key = kaggle_credentials()
+    url = f"{api_base.rstrip('/')}/datasets/download/{KAGGLE_DATASET}"
+    return fetch(url, cache_dir, sha256, auth=(user, key), name="fer2013.zip")
+
+
+# ---------------------------------------------------------------- importing
+
+def detect_format(path: Path) -> str:
+    """'zip', 'tar' or 'csv', from the name, else from the first bytes."""
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        if not zipfile.is_zipfile(path):
+            raise FERError(f"{path} is a corrupt zip file (no zip directory: truncated download?)")
+        return "zip"
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "tar"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"\x1f\x8b" or head.lower().startswith(b"em"):
+        return "csv"  # import_csv reads the header and tells whether it is FER-2013's
+    raise FERError(f"{path} is neither a zip, a tar nor a FER-2013 CSV")
+
+
+def import_source(path: Path, dest: Path, keep_splits: bool = False) -> ImportResult:
+    """Import a local folder or file of any supported format into the fresh folder dest."""
+    if path.is_dir():
+        kind = "folder"
+    else:
+        kind = detect_format(path)
+    if keep_splits and kind != "csv":
+        print("note: --keep_splits applies to fer2013.csv; the Kaggle layout only has train/ and test/")
+    if kind == "csv":
+        return import_csv(path, dest, keep_splits)
+    return {"folder": import_folder, "zip": import_zip, "tar": import_tar}[kind](path, dest)
+
+
+def read_marker(output) -> dict | None:
+    """The `.complete.json` of a complete import at output, or None."""
+    output = Path(output)
+    try:
+        marker = json.loads((output / COMPLETE_MARKER).read_text())
+        if all((output / split).is_dir() for split in marker["counts"]):
+            return marker
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def make_temp_dir(final: Path) -> Path:
+    """A hidden, empty folder next to `final`, to be renamed onto it once complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # mkdtemp makes it private (0700); the data set should get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(new: Path, output: Path) -> None:
+    """Rename new onto output; an old output is removed only once the new one is in place."""
+    if not output.exists():
+        os.rename(new, output)
+        return
+    old = output.with_name(f".{output.name}.old-{os.getpid()}-{int(time.time())}")
+    os.rename(output, old)
+    try:
+        os.rename(new, output)
+    except OSError:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
+                   sha256: str | None = None, kaggle_api: str = KAGGLE_API) -> dict:
+    """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/.
+
+    Returns the marker dict (source, counts per split and class, skipped entries) with `already_present`
+    True when a complete import was found and `force` is off.
+    """
+    output = Path(output)
+    marker = read_marker(output)
+    if marker and not force:
+        return {**marker, "already_present": True}
+    if output.exists() and not output.is_dir():
+        raise FERError(f"--output {output} is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise FERError(f"{output} exists but holds no complete import (no {COMPLETE_MARKER}); "
+                       f"use --force to replace it")
+
+    cache_dir = output.with_name(output.name + ".download")
+    downloaded = source == "kaggle" or source.startswith(("http://", "https://"))
+    if source == "kaggle":
+        path = download_kaggle(cache_dir, kaggle_api, sha256)
+    elif downloaded:
+        path = fetch(source, cache_dir, sha256)
+    elif "://" in source:
+        raise FERError(f"unsupported URL {source}: give an http(s) URL, a local path, or 'kaggle'")
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FERError(f"source not found: {path} (give 'kaggle', an http(s) URL, or the path of a "
+                           f"Kaggle-layout folder, its .zip/.tar(.gz), or fer2013.csv(.gz))")
+        if sha256:
+            if path.is_dir():
+                raise FERError("--sha256 checks a file, but --source is a folder")
+            check_sha256(path, sha256, remove=False)
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(output)
+    except OSError as e:
+        raise FERError(f"cannot create {output}: {e.strerror} ({e.filename})") from None
+    try:
+        print(f"importing {path} into {output}")
+        result = import_source(path, tmp, keep_splits)
+        marker = {"source": source, "counts": result.plain_counts(), "skipped": dict(result.skipped),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(tmp / COMPLETE_MARKER, marker)
+        replace_dir(tmp, output)
+    except FERError as e:
+        if downloaded and path.is_file():  # a download that cannot be imported would be reused forever
+            path.unlink()
+            with contextlib.suppress(OSError):
+                cache_dir.rmdir()
+            raise FERError(f"{e} (removed the downloaded file)") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if downloaded:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return {**marker, "already_present": False}
+
+
+def count_table(counts: dict[str, dict[str, int]]) -> str:
+    """Images per class (rows, in EMOTIONS order) and split (columns), with a total row."""
+    splits = sort_splits(counts)
+    widths = [max(len(s), 6) + 2 for s in splits]
+    lines = [f"{'class':<10}" + "".join(f"{s:>{w}}" for s, w in zip(splits, widths))]
+    for emotion in EMOTIONS:
+        lines.append(f"{emotion:<10}" + "".join(f"{counts[s].get(emotion, 0):>{w}}" for s, w in zip(splits, widths)))
+    lines.append(f"{'total':<10}" + "".join(f"{sum(counts[s].values()):>{w}}" for s, w in zip(splits, widths)))
+    return "\n".join(lines)

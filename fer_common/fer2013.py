@@ -1,0 +1,260 @@
+"""Reading FER-2013 in the forms it is shared in, and writing it as `<split>/<Class>/` image folders.
+
+Two forms exist:
+    the Kaggle layout    train/ and test/, each with lowercase class folders (angry ... surprise) of JPEGs;
+                         as a folder, a zip or a tar, possibly under one extra top-level folder
+    the original CSV     fer2013.csv (plain or gzipped): emotion,pixels,Usage; 48x48 grayscale pixels
+
+Each importer writes into a fresh folder `dest` and returns the images per split and class, plus how many
+entries it skipped. Choosing the source and making the result appear atomically is download.py's job.
+"""
+
+import csv
+import gzip
+import io
+import shutil
+import tarfile
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .cli import FERError
+from .labels import EMOTIONS, canonical_name
+
+# The same list as fer_common.data.IMAGE_EXTENSIONS, kept here because that module imports torch (seconds
+# of start-up that a download script, and its tests, should not pay).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+# The Kaggle layout's split folders; the CSV's Usage values and where each goes.
+ARCHIVE_SPLITS = ("train", "test")
+CSV_SPLITS = {"Training": "train", "PublicTest": "test", "PrivateTest": "test"}
+CSV_KEPT_SPLITS = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
+CSV_COLUMNS = ("emotion", "pixels", "Usage")
+IMAGE_SIDE = 48
+# How splits are listed (in tables and the marker); validation_split.py's halves come last.
+SPLIT_ORDER = ("train", "test", "public_test", "private_test", "train_new", "val_new")
+
+# Folders that archivers add and that are never part of a data set.
+JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
+
+
+class ImportResult:
+    """Images written per split and class, and what was left out (and why)."""
+
+    def __init__(self):
+        self.counts: dict[str, Counter] = {}
+        self.skipped: Counter = Counter()  # reason -> how many
+
+    def add(self, split: str, emotion: str) -> None:
+        self.counts.setdefault(split, Counter())[emotion] += 1
+
+    def total(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def plain_counts(self) -> dict[str, dict[str, int]]:
+        return {split: {e: self.counts[split][e] for e in EMOTIONS} for split in sort_splits(self.counts)}
+
+
+def sort_splits(splits) -> list[str]:
+    return sorted(splits, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER))
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+# ---------------------------------------------------------------- Kaggle layout (folder, zip, tar)
+
+def _is_junk(part: str) -> bool:
+    return part in JUNK_NAMES or part.startswith("._")
+
+
+def find_layout_root(paths: list[str], what: str) -> tuple[str, ...]:
+    """The path prefix under which `train/` and `test/` lie: none, or one extra top-level folder.
+
+    `paths` are the entries' relative POSIX paths (files; folders are implied by them).
+    """
+    parts = [PurePosixPath(p).parts for p in paths]
+    parts = [p for p in parts if p and not any(_is_junk(x) for x in p)]
+
+    def splits_under(prefix: tuple[str, ...]) -> set[str]:
+        n = len(prefix)
+        return {p[n].lower() for p in parts if len(p) > n + 1 and p[:n] == prefix}
+
+    top = sorted({p[0] for p in parts})
+    if set(ARCHIVE_SPLITS) <= splits_under(()):
+        return ()
+    top_dirs = sorted({p[0] for p in parts if len(p) > 1})
+    if len(top_dirs) == 1 and set(ARCHIVE_SPLITS) <= splits_under((top_dirs[0],)):
+        return (top_dirs[0],)
+    found = ", ".join(top[:10]) + (", ..." if len(top) > 10 else "") if top else "nothing"
+    inner = ""
+    if len(top_dirs) == 1:
+        below = sorted({p[1] for p in parts if len(p) > 1})
+        inner = f" (inside {top_dirs[0]}/: {', '.join(below[:10])})"
+    raise FERError(f"{what} does not have the FER-2013 layout train/<class>/ and test/<class>/; "
+                   f"its top level holds: {found}{inner}")
+
+
+def plan_layout(paths: list[str], what: str, result: ImportResult) -> list[tuple[str, str, str, str]]:
+    """(entry path, split, Class, file name) for every image of the Kaggle layout among `paths`.
+
+    Class folders must all be emotions (any case); other files are skipped and counted in `result`.
+    """
+    root = find_layout_root(paths, what)
+    n = len(root)
+    plan, unknown = [], set()
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        if parts[:n] != root or any(_is_junk(x) for x in parts):
+            continue
+        rel = parts[n:]
+        if len(rel) < 1 or rel[0].lower() not in ARCHIVE_SPLITS:
+            continue  # a README or licence next to train/ and test/
+        if len(rel) != 3:
+            result.skipped["files outside the class folders"] += 1
+            continue
+        split, folder, name = rel[0].lower(), rel[1], rel[2]
+        emotion = canonical_name(folder)
+        if emotion is None:
+            unknown.add(f"{rel[0]}/{folder}")
+        elif not is_image_name(name):
+            result.skipped["non-image files"] += 1
+        else:
+            plan.append((path, split, emotion, name))
+    if unknown:
+        raise FERError(f"{what} has class folders that are no emotion: {', '.join(sorted(unknown))} "
+                       f"(expected {', '.join(e.lower() for e in EMOTIONS)})")
+    if not plan:
+        raise FERError(f"{what} has train/ and test/ folders but no images in them")
+    return plan
+
+
+def _target(dest: Path, split: str, emotion: str, name: str) -> Path:
+    folder = dest / split / emotion
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def import_folder(src: Path, dest: Path) -> ImportResult:
+    """Copy a Kaggle-layout folder's images byte for byte into dest/<split>/<Class>/."""
+    result = ImportResult()
+    paths = [p.relative_to(src).as_posix() for p in sorted(src.rglob("*")) if p.is_file()]
+    for rel, split, emotion, name in tqdm(plan_layout(paths, str(src), result), desc="copying", unit="img"):
+        shutil.copyfile(src / rel, _target(dest, split, emotion, name))
+        result.add(split, emotion)
+    return result
+
+
+def import_zip(src: Path, dest: Path) -> ImportResult:
+    """Copy a Kaggle-layout zip's images byte for byte into dest/<split>/<Class>/."""
+    result = ImportResult()
+    try:
+        with zipfile.ZipFile(src) as zf:
+            paths = [i.filename for i in zf.infolist() if not i.is_dir()]
+            for member, split, emotion, name in tqdm(plan_layout(paths, str(src), result),
+                                                     desc="extracting", unit="img"):
+                # Target paths are rebuilt from checked parts, so a hostile member name cannot escape dest.
+                with zf.open(member) as fin, open(_target(dest, split, emotion, name), "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                result.add(split, emotion)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise FERError(f"{src} is a corrupt zip file ({e}); download it again") from None
+    return result
+
+
+def import_tar(src: Path, dest: Path) -> ImportResult:
+    """Copy a Kaggle-layout tar (.tar, .tar.gz, .tgz) byte for byte into dest/<split>/<Class>/."""
+    result = ImportResult()
+    try:
+        with tarfile.open(src, "r:*") as tf:
+            # Only regular files: links in an archive could point outside dest.
+            members = {m.name: m for m in tf.getmembers() if m.isfile()}
+            for member, split, emotion, name in tqdm(plan_layout(list(members), str(src), result),
+                                                     desc="extracting", unit="img"):
+                with tf.extractfile(members[member]) as fin, \
+                        open(_target(dest, split, emotion, name), "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                result.add(split, emotion)
+    except (tarfile.TarError, zlib.error, EOFError) as e:
+        raise FERError(f"{src} is a corrupt tar file ({e}); download it again") from None
+    return result
+
+
+# ---------------------------------------------------------------- the original CSV
+
+def _open_text(src: Path):
+    with open(src, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return io.TextIOWrapper(gzip.open(src, "rb"), encoding="utf-8", newline="")
+    return open(src, encoding="utf-8", newline="")
+
+
+def parse_pixels(text: str) -> np.ndarray | None:
+    """48x48 uint8 image from FER-2013's space-separated pixels; None if they are not 2304 ints 0..255."""
+    try:
+        values = np.array(text.split(), dtype=np.int32)
+    except ValueError:
+        return None
+    if values.size != IMAGE_SIDE * IMAGE_SIDE or values.min() < 0 or values.max() > 255:
+        return None
+    return values.astype(np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
+
+
+def parse_label(text: str) -> str | None:
+    try:
+        index = int(text)
+    except ValueError:
+        return None
+    return EMOTIONS[index] if 0 <= index < len(EMOTIONS) else None
+
+
+def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult:
+    """Write fer2013.csv's rows as lossless PNGs dest/<split>/<Class>/<Usage>_<row>.png.
+
+    Rows with a bad label, pixel string or Usage are skipped and counted; <row> is the 1-based data row,
+    so an image can be traced back to its line in the CSV.
+    """
+    splits = CSV_KEPT_SPLITS if keep_splits else CSV_SPLITS
+    result = ImportResult()
+    try:
+        with _open_text(src) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            columns = {name.strip().lower(): i for i, name in enumerate(header or [])}
+            if header is None or any(c.lower() not in columns for c in CSV_COLUMNS):
+                shown = ",".join(header)[:80] if header else "an empty file"
+                raise FERError(f"{src} is not a FER-2013 CSV: expected the columns {','.join(CSV_COLUMNS)}, "
+                               f"found {shown}")
+            i_label, i_pixels, i_usage = (columns[c.lower()] for c in CSV_COLUMNS)
+            width = max(i_label, i_pixels, i_usage) + 1
+            for row_number, row in enumerate(tqdm(reader, desc="converting", unit="row"), start=1):
+                if len(row) < width:
+                    result.skipped["rows with missing columns"] += 1
+                    continue
+                emotion, usage = parse_label(row[i_label]), row[i_usage].strip()
+                if emotion is None:
+                    result.skipped["rows with a bad label"] += 1
+                    continue
+                if usage not in splits:
+                    result.skipped["rows with a bad Usage"] += 1
+                    continue
+                image = parse_pixels(row[i_pixels])
+                if image is None:
+                    result.skipped["rows with a bad pixel count or value"] += 1
+                    continue
+                path = _target(dest, splits[usage], emotion, f"{usage}_{row_number:05d}.png")
+                if not cv2.imwrite(str(path), image):
+                    raise OSError(f"could not write {path}")
+                result.add(splits[usage], emotion)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as e:
+        raise FERError(f"{src} is not a readable FER-2013 CSV ({type(e).__name__}: {e})") from None
+    if result.total() == 0:
+        raise FERError(f"{src} has no valid FER-2013 rows ({sum(result.skipped.values())} rows skipped)")
+    return result

@@ -1,0 +1,125 @@
+"""A stratified train/validation split of `dataset/train` into `dataset/train_new` and `dataset/val_new`.
+
+Each class is split on its own (so validation has the training set's class balance), from its file names
+sorted and then shuffled by a random.Random seeded with the seed and the class name: the split depends only
+on the seed and the files, never on the order the file system lists them in or on the other classes.
+The source is only read. Both halves are built in hidden temporary folders and renamed into place at the end.
+"""
+
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .cli import FERError
+from .download import make_temp_dir, replace_dir
+from .files import write_json
+from .fer2013 import is_image_name
+from .labels import EMOTIONS, canonical_name
+
+MODES = ("copy", "hardlink", "symlink")
+SPLIT_INFO = ".split.json"
+
+
+def list_class_files(train_dir) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Image files per canonical class name (sorted by name), and the non-image files that were passed over."""
+    train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise FERError(f"{train_dir} not found: run download_dataset.py first (or give --dataset_path)")
+    files: dict[str, list[Path]] = {}
+    folder_of: dict[str, Path] = {}
+    skipped: list[Path] = []
+    for entry in sorted(train_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append(entry)
+            continue
+        emotion = canonical_name(entry.name)
+        if emotion is None:
+            raise FERError(f"{entry} is no emotion's folder (expected {', '.join(EMOTIONS)}, in any case)")
+        if emotion in folder_of:
+            raise FERError(f"{folder_of[emotion]} and {entry} are both the class {emotion}")
+        folder_of[emotion] = entry
+        files[emotion] = []
+        for f in sorted(entry.iterdir(), key=lambda p: p.name):
+            (files[emotion] if f.is_file() and is_image_name(f.name) else skipped).append(f)
+    if not files:
+        raise FERError(f"{train_dir} has no class folders: run download_dataset.py first")
+    return files, skipped
+
+
+def plan_split(files: dict[str, list[Path]], val_ratio: float, seed: int) -> dict[str, tuple[list, list]]:
+    """(train files, validation files) per class; each class gives round(n * val_ratio) images, at least 1,
+    to validation and keeps at least 1 for training."""
+    if not 0 < val_ratio < 1:
+        raise FERError(f"--val_ratio must be between 0 and 1, got {val_ratio}")
+    plan = {}
+    for emotion, paths in files.items():
+        if len(paths) < 2:
+            raise FERError(f"class {emotion} has {len(paths)} image(s); a split needs at least 2 per class")
+        order = sorted(paths, key=lambda p: p.name)
+        random.Random(f"{seed}:{emotion}").shuffle(order)
+        n_val = min(max(1, round(len(order) * val_ratio)), len(order) - 1)
+        plan[emotion] = (sorted(order[n_val:]), sorted(order[:n_val]))
+    return plan
+
+
+def _place(src: Path, dst: Path, mode: str) -> None:
+    if mode == "copy":
+        shutil.copy2(src, dst)
+    elif mode == "hardlink":
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            raise FERError(f"cannot hard-link {src} ({e.strerror}); use --mode copy or symlink") from None
+    else:
+        # Relative, so the links still work after the whole data set folder is moved.
+        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+
+
+def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42, mode: str = "copy",
+                  force: bool = False) -> dict:
+    """Split dataset_path/train into dataset_path/train_new and dataset_path/val_new.
+
+    Returns {"counts": {"train_new": {Class: n}, "val_new": {Class: n}}, "skipped": [non-image paths]}.
+    """
+    if mode not in MODES:
+        raise FERError(f"--mode must be one of {', '.join(MODES)}, got {mode}")
+    root = Path(dataset_path)
+    files, skipped = list_class_files(root / "train")
+    outputs = {"train_new": root / "train_new", "val_new": root / "val_new"}
+    for path in outputs.values():
+        if path.exists() and not force:
+            raise FERError(f"{path} already exists; use --force to replace it")
+    for path in skipped:
+        print(f"warning: skipping {path}: not an image", file=sys.stderr)
+    missing = [e for e in EMOTIONS if e not in files]
+    if missing:
+        print(f"warning: {root / 'train'} has no folder for {', '.join(missing)}", file=sys.stderr)
+    plan = plan_split(files, val_ratio, seed)
+
+    temps = {name: make_temp_dir(path) for name, path in outputs.items()}
+    try:
+        counts = {name: {} for name in outputs}
+        total = sum(len(t) + len(v) for t, v in plan.values())
+        with tqdm(total=total, desc=f"{mode} split", unit="img") as bar:
+            for emotion, halves in plan.items():
+                for name, paths in zip(outputs, halves):
+                    folder = temps[name] / emotion
+                    folder.mkdir()
+                    for src in paths:
+                        _place(src, folder / src.name, mode)
+                        bar.update()
+                    counts[name][emotion] = len(paths)
+        write_json(temps["val_new"] / SPLIT_INFO, {"val_ratio": val_ratio, "seed": seed, "mode": mode,
+                                                    "counts": counts})
+        for name, path in outputs.items():
+            replace_dir(temps[name], path)
+    finally:
+        for tmp in temps.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"counts": counts, "skipped": skipped}
