@@ -30,3 +30,18 @@ def make_folder_dataset(root, per_class=(12, 4), splits=("train_new", "val_new")
             for i in range(n):
                 cv2.imwrite(str(folder / f"img_{i:03d}{ext}"), pattern(label, rng))
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, cwd=None, timeout=600, env=None):
+    """Run a top-level script as a user types it: `python SCRIPT ARGS...`; returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    script, *rest = args
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, rest)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
