@@ -11,6 +11,14 @@ Modules, each named for what it holds:
     checkpoint  the self-describing checkpoint dict: save, load, rebuild the model
     onnx_export ONNX export with a parity check, and reading an exported file's metadata
     training    early stopping and the training loop both training scripts use
+    metrics     accuracy, per-class scores, the confusion-matrix picture
+    predictor   one predictor for .pth and .onnx files: face crops in, probabilities and embeddings out
+    detection   face detection (OpenCV Haar cascade, or YuNet) and face crops
+    overlay     boxes, labels and non-overlapping probability bars drawn on frames
+    video       the video / webcam loop: tracking, smoothing, CSV log, output video
+    download    getting FER-2013 from Kaggle, a URL or a local file (format readers in fer2013)
+    splitting   the stratified train / validation split
+    quantize    int8 quantization of an exported ONNX model
 """
 
 __version__ = "0.1.0"

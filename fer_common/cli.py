@@ -35,4 +35,8 @@ def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as command-line tools do.
+        sys.stderr.close()
+        sys.exit(141)
     sys.exit(code or 0)

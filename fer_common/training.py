@@ -82,7 +82,8 @@ class EarlyStopping:
 # ----------------------------------------------------------------------------- arguments
 
 def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, learning_rate: float,
-                      step_size: int, gamma: float, patience: int, output_model: str, output_onnx: str) -> None:
+                      step_size: int, gamma: float, patience: int, output_model: str, output_onnx: str,
+                      weight_decay: float = 1e-4, scheduler: str = "step") -> None:
     """The flags both training scripts share, with each script's own defaults."""
     g = parser.add_argument_group("Data")
     g.add_argument("--dataset_path", default="dataset", help="folder holding train_new/ and val_new/ (see validation_split.py)")
@@ -93,8 +94,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
     g.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
     g.add_argument("--batch_size", type=int, default=batch_size, help="images per batch (per process under torchrun)")
     g.add_argument("--learning_rate", type=float, default=learning_rate, help="initial learning rate (AdamW)")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--scheduler", choices=["step", "cosine"], default="step",
+    g.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay")
+    g.add_argument("--scheduler", choices=["step", "cosine"], default=scheduler,
                    help="step: StepLR(step_size, gamma) as in the original; cosine: cosine decay over --epochs")
     g.add_argument("--step_size", type=int, default=step_size, help="StepLR: epochs between learning-rate drops")
     g.add_argument("--gamma", type=float, default=gamma, help="StepLR: learning-rate factor at each drop")

@@ -1,0 +1,251 @@
+"""One predictor, two runtimes: face crops in, emotion probabilities and 128-d embeddings out.
+
+    predictor = Predictor("fer_model.pth")            # or "fer_model.onnx"
+    probabilities, embeddings = predictor(crops)      # N x num_classes, N x 128, one batched forward
+
+The model file carries everything needed to use it (model type, class names in output order,
+preprocessing), so a .pth checkpoint and its ONNX export give the same answers.
+"""
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .cli import FERError, add_device_args
+from .device import resolve_device, set_cpu_threads
+from .models import MODEL_TYPES
+from .onnx_export import read_onnx_metadata
+from .preprocess import prepare_batch
+
+# What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
+MODEL_STEMS = {"default": "fer_model", "advanced": "fer_model_advanced"}
+# The default model shipped with the repository: <repo>/models/fer_model.pth / .onnx
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class Prediction(NamedTuple):
+    probabilities: np.ndarray   # N x num_classes float32, rows sum to 1, columns in predictor.class_names order
+    embeddings: np.ndarray      # N x embedding_dim float32
+
+
+def _cpu_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """Emotion probabilities and embeddings for a list of face crops, from a .pth checkpoint or an ONNX file.
+
+    path: model file; '.onnx' runs through ONNX Runtime, anything else is loaded as a PyTorch checkpoint.
+    model_type: if given, the file must hold this model type (a clear error otherwise).
+    device: PyTorch device ('auto' | 'cpu' | 'cuda' ...); with ONNX, 'cpu' keeps ONNX Runtime on the CPU.
+    provider: ONNX Runtime provider, 'auto' | 'cpu' | 'cuda' | 'tensorrt' (auto: CUDA when torch sees a GPU).
+    tta: also classify each crop's mirror image and average the two probabilities (one batch of 2N).
+    """
+
+    def __init__(self, path, model_type: str | None = None, device: str = "auto", provider: str = "auto",
+                 tta: bool = False):
+        self.path = Path(path)
+        self.tta = tta
+        self.runtime = "onnx" if self.path.suffix.lower() == ".onnx" else "torch"
+        if self.runtime == "onnx":
+            meta = read_onnx_metadata(self.path)
+            if model_type is not None and meta["model_type"] != model_type:
+                raise FERError(f"{self.path} holds a '{meta['model_type']}' model, not '{model_type}' "
+                               f"(use --model_type {meta['model_type']})")
+            self.model_type = meta["model_type"]
+            self.class_names = list(meta["class_names"])
+            self.preprocessing = meta["preprocessing"]
+            self.session, self.provider = _make_session(self.path, provider, device, self.preprocessing)
+            self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
+            dim = self.session.get_outputs()[1].shape[-1]
+            self.embedding_dim = dim if isinstance(dim, int) else 128
+        else:
+            ckpt = load_checkpoint(self.path, model_type)
+            self.model_type = ckpt["model_type"]
+            self.class_names = list(ckpt["class_names"])
+            self.preprocessing = dict(ckpt["preprocessing"])
+            self.embedding_dim = int(ckpt.get("model_config", {}).get("embedding_dim", 128))
+            self._device = resolve_device(device)
+            self.device = str(self._device)
+            self.provider = None
+            model = model_from_checkpoint(ckpt, self.path)
+            del ckpt
+            if self._device.type == "cpu":
+                if self.model_type == "default":
+                    # The 48x48 CNN gains nothing from intra-op threads at a few faces per batch, and on a
+                    # busy CPU their spin-waits cost 35x (13 ms vs 450 ms per face beside a training run).
+                    torch.set_num_threads(1)
+                else:
+                    set_cpu_threads()
+            model = model.to(self._device)
+            # cuDNN runs convolutions fastest on NHWC tensors.
+            self._memory_format = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
+            self.model = model.to(memory_format=self._memory_format).eval()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        where = self.provider if self.runtime == "onnx" else self.device
+        return f"{self.path} ({self.model_type} model, {self.runtime} on {where}{', TTA' if self.tta else ''})"
+
+    def __call__(self, crops, bgr: bool = True) -> Prediction:
+        return self.predict(crops, bgr)
+
+    def predict(self, crops, bgr: bool = True) -> Prediction:
+        """crops: uint8 face images (HxWx3 BGR as OpenCV gives them, or HxW gray), any sizes. One forward pass."""
+        crops = list(crops)
+        if not crops:
+            return Prediction(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
+        batch = prepare_batch(crops, self.preprocessing, bgr=bgr)            # N, C, H, W
+        n = len(crops)
+        if self.tta:
+            batch = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])   # + mirror images: 2N
+        logits, embeddings = self._forward(batch)
+        probabilities = softmax(logits)
+        if self.tta:
+            # The mirror image is the same face: average what the two say; the embedding stays the original's.
+            probabilities = (probabilities[:n] + probabilities[n:]) / 2
+            embeddings = embeddings[:n]
+        return Prediction(probabilities.astype(np.float32), embeddings.astype(np.float32))
+
+    def _forward(self, batch: np.ndarray):
+        if self.runtime == "onnx":
+            logits, embeddings = self.session.run(["logits", "embedding"], {"input": batch})
+            return logits, embeddings
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._device, non_blocking=True).to(memory_format=self._memory_format)
+            logits, embeddings = self.model(x)
+            return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
+
+
+def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
+    """The ONNX Runtime providers to ask for, GPU ones only where they can actually run.
+
+    onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU, so 'available' is not enough:
+    a GPU provider is only requested when torch sees a CUDA device. TensorRT is never picked by 'auto':
+    it builds an engine (minutes for Swin-Base) on first use, so it is one flag away (--provider tensorrt).
+    """
+    import onnxruntime as ort
+
+    provider = (provider or "auto").lower()
+    if provider not in PROVIDERS:
+        raise FERError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
+    available = ort.get_available_providers()
+    gpu = torch.cuda.is_available()
+    if provider == "cpu" or (provider == "auto" and (device or "auto").lower() == "cpu"):
+        return ["CPUExecutionProvider"]
+    if provider == "auto":
+        return (["CUDAExecutionProvider"] if gpu and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    name = _ORT_NAMES[provider]
+    if not gpu or name not in available:
+        why = "no CUDA GPU is visible" if not gpu else f"this onnxruntime build has no {name}"
+        raise FERError(f"--provider {provider}: {why} (use --provider auto or cpu)")
+    chain = [name] + (["CUDAExecutionProvider"] if provider == "tensorrt" else []) + ["CPUExecutionProvider"]
+    return chain
+
+
+def _provider_options(name: str, preprocessing: dict):
+    if name == "TensorrtExecutionProvider":
+        # One engine for batches of 1..64 faces (TTA doubles the batch), cached across runs.
+        c, (h, w) = preprocessing["channels"], preprocessing["input_size"]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer_common" / "tensorrt"
+        cache.mkdir(parents=True, exist_ok=True)
+        shape = lambda n: f"input:{n}x{c}x{h}x{w}"  # noqa: E731
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(8),
+                "trt_profile_max_shapes": shape(64)}
+    return {}
+
+
+def _make_session(path: Path, provider: str, device: str, preprocessing: dict):
+    """One InferenceSession for the predictor's lifetime; returns (session, provider actually used)."""
+    import onnxruntime as ort
+
+    providers = onnx_providers(provider, device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = _cpu_cores()   # one op at a time, each on every core we may use
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=[(p, _provider_options(p, preprocessing)) for p in providers])
+    except Exception as e:
+        raise FERError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    used = session.get_providers()[0]
+    if provider not in ("auto", "cpu") and used != _ORT_NAMES[provider]:
+        raise FERError(f"--provider {provider}: ONNX Runtime could not start {_ORT_NAMES[provider]} "
+                       f"(CUDA/cuDNN/TensorRT libraries missing?); use --provider auto or cpu")
+    return session, used
+
+
+def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None) -> list[Path]:
+    """Where a model is looked for without --checkpoint, in order: what training writes here, then the shipped one."""
+    ext = ".onnx" if use_onnx else ".pth"
+    candidates = [Path(cwd or ".") / f"{MODEL_STEMS[model_type]}{ext}"]
+    if model_type == "default":
+        candidates.append(SHIPPED_MODELS_DIR / f"fer_model{ext}")
+    return candidates
+
+
+def resolve_model_file(model_type: str, checkpoint=None, use_onnx: bool = False, cwd=None) -> Path:
+    """--checkpoint if given; else fer_model[_advanced].pth/.onnx in the current folder; else the shipped model."""
+    if model_type not in MODEL_STEMS:
+        raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_STEMS)})")
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FERError(f"model file not found: {path}")
+        return path
+    candidates = default_model_candidates(model_type, use_onnx, cwd)
+    for path in candidates:
+        if path.is_file():
+            return path
+    how = ("train one with fine_tuning.py" if model_type == "default"
+           else "train one with advanced_fine_tuning.py, or make one with advanced_pretrained.py")
+    kind = "ONNX file" if use_onnx else "checkpoint"
+    raise FERError(f"no {model_type} {kind} found (looked for {', '.join(str(p) for p in candidates)}): "
+                   f"pass --checkpoint PATH, or {how}")
+
+
+def add_predictor_args(parser):
+    """Model and runtime flags shared by inference.py and real_time_video.py."""
+    g = parser.add_argument_group("Model")
+    g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
+                   help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
+    g.add_argument("--checkpoint", metavar="PATH",
+                   help="model file (.pth or .onnx); default: fer_model.pth / fer_model_advanced.pth here "
+                        "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")
+    g.add_argument("--use_onnx", action="store_true", help="run the ONNX export through ONNX Runtime")
+    g.add_argument("--provider", default="auto", choices=PROVIDERS,
+                   help="ONNX Runtime provider (auto: CUDA when a GPU is usable, else the CPU)")
+    g.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each face's probabilities with its mirror image's")
+    add_device_args(parser)
+    return g
+
+
+def predictor_from_args(args, log=print) -> Predictor:
+    """Resolve the model file from the flags, load it once, and say which file was loaded."""
+    path = resolve_model_file(args.model_type, args.checkpoint, args.use_onnx)
+    predictor = Predictor(path, args.model_type, device=args.device, provider=args.provider, tta=args.tta)
+    log(f"model: {predictor.describe()}")
+    return predictor

@@ -1,0 +1,44 @@
+"""Detect faces in a video or webcam stream, classify their emotions, draw boxes and top-3 probability bars.
+
+    python real_time_video.py --video Test_files/Video_Test_1.mp4 --model_type advanced --save_output output.mp4
+
+Without --video it opens webcam 0 (--camera N). Press q or Esc in the window to quit; with no display
+(or --no_display) it runs headless. --save_output keeps the source's size and fps (.mp4: mp4v, .avi: MJPG);
+--log_csv writes one row per face per frame. Model files are found as in inference.py.
+"""
+
+from fer_common.cli import make_parser, run_main
+from fer_common.detection import add_detector_args, detector_from_args
+from fer_common.predictor import add_predictor_args, predictor_from_args
+from fer_common.video import add_video_args, check_writable, run_video
+
+
+def get_args_parser():
+    parser = make_parser(__doc__)
+    add_video_args(parser)
+    add_predictor_args(parser)
+    add_detector_args(parser)
+    g = parser.add_argument_group("Output")
+    g.add_argument("--save_output", metavar="PATH", help="write the annotated video here (.mp4 or .avi)")
+    g.add_argument("--log_csv", metavar="PATH",
+                   help="CSV log: frame, time_s, face_id, x, y, w, h, top_emotion and each emotion's probability")
+    g.add_argument("--no_display", action="store_true",
+                   help="do not open a window (automatic when there is no display)")
+    return parser
+
+
+def main(args):
+    for path, what in ((args.save_output, "output video"), (args.log_csv, "CSV log")):
+        if path:
+            check_writable(path, what)     # before minutes of model loading, not after
+    predictor = predictor_from_args(args)
+    detector = detector_from_args(args)
+    source = args.video if args.video else args.camera
+    stats = run_video(predictor, detector, source, save_output=args.save_output, log_csv=args.log_csv,
+                      display=False if args.no_display else None, max_frames=args.max_frames,
+                      detect_every=args.detect_every, smooth=args.smooth)
+    return 130 if stats["interrupted"] else 0
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser())

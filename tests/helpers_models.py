@@ -1,0 +1,59 @@
+"""Small random models saved as the scripts expect them, shared by the inference/video tests."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:   # fer_common and the top-level scripts live here, whatever folder pytest runs in
+    sys.path.insert(0, str(REPO))
+
+from fer_common.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
+from fer_common.labels import EMOTIONS  # noqa: E402
+from fer_common.models import AdvancedFER, FERNet, default_preprocessing  # noqa: E402
+TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
+TEST_VIDEO = REPO / "Test_files" / "Video_Test_1.mp4"
+PERMUTED = ["Neutral", "Happy", "Sad", "Angry", "Surprise", "Fear", "Disgust"]
+
+
+def save_default(path, class_names=EMOTIONS, seed: int = 0) -> FERNet:
+    """A randomly initialised default model (eval mode) saved as a checkpoint at `path`."""
+    torch.manual_seed(seed)
+    model = FERNet(num_classes=len(class_names)).eval()
+    with torch.no_grad():   # random BatchNorm statistics, so the outputs depend on the input
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(make_checkpoint(model, "default", {}, class_names, default_preprocessing("default")), path)
+    return model
+
+
+def save_advanced(path, class_names=EMOTIONS) -> AdvancedFER:
+    """An advanced model on timm's tiny test_vit backbone (160x160 RGB), saved at `path`."""
+    torch.manual_seed(0)
+    model = AdvancedFER(backbone="test_vit").eval()
+    prep = default_preprocessing("advanced", model)
+    save_checkpoint(make_checkpoint(model, "advanced", {"backbone": "test_vit"}, class_names, prep), path)
+    return model
+
+
+def run_script(script: str, *args, cwd=REPO, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run a top-level script as a user types it: python <script> args..., from `cwd`."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def shared_models(tmp_path_factory) -> Path:
+    """One folder per test session holding fer_model.pth and its ONNX export (the export takes seconds: made once)."""
+    from fer_common.onnx_export import export_onnx
+
+    root = tmp_path_factory.getbasetemp() / "shared_models"
+    if not (root / "fer_model.onnx").is_file():
+        root.mkdir(exist_ok=True)
+        model = save_default(root / "fer_model.pth")
+        export_onnx(model, root / "fer_model.onnx", "default", EMOTIONS, default_preprocessing("default"),
+                    verbose=False)
+    return root

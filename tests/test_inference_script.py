@@ -1,0 +1,140 @@
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import helpers_models  # noqa: F401  (first: puts the repo root, where the scripts are, on sys.path)
+import inference
+from fer_common import detection
+from fer_common import predictor as predictor_module
+from fer_common.cli import run_main
+from fer_common.labels import EMOTIONS
+from helpers_models import TEST_IMAGE, run_script, save_advanced, shared_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return shared_models(tmp_path_factory)
+
+
+def run(argv, capsys):
+    """inference.py in-process, as run_main would: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        run_main(inference.main, inference.get_args_parser(), [str(a) for a in argv])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_parser_defaults():
+    args = inference.get_args_parser().parse_args(["x.jpg"])
+    assert (args.model_type, args.detector, args.provider, args.use_onnx, args.tta) == ("default", "haar", "auto", False, False)
+
+
+def test_text_output_and_annotated_image(models, tmp_path):
+    ann = tmp_path / "ann.png"
+    r = run_script("inference.py", TEST_IMAGE, "--checkpoint", models / "fer_model.pth", "--save_annotated", ann)
+    assert r.returncode == 0, r.stderr
+    assert "fer_model.pth" in r.stdout and "1 face" in r.stdout
+    percentages = [line for line in r.stdout.splitlines() if line.strip().endswith("%") or "%  " in line]
+    assert len(percentages) == 7 and all(any(e in line for line in percentages) for e in EMOTIONS)
+    image = cv2.imread(str(ann))
+    assert image.shape == cv2.imread(str(TEST_IMAGE)).shape
+
+
+def test_readme_command_with_onnx_found_in_the_current_folder(models, tmp_path):
+    shutil.copy(models / "fer_model.onnx", tmp_path / "fer_model.onnx")
+    shutil.copytree(TEST_IMAGE.parent, tmp_path / "Test_files")
+    r = run_script("inference.py", "Test_files/IMG_test_1.jpg", "--use_onnx", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fer_model.onnx" in r.stderr                     # which file was loaded; stdout stays pure JSON
+    result = json.loads(r.stdout)
+    assert result[0]["image"] == "Test_files/IMG_test_1.jpg" and len(result[0]["faces"]) == 1
+    face = result[0]["faces"][0]
+    assert len(face["box"]) == 4 and list(face["probabilities"]) == EMOTIONS
+    assert abs(sum(face["probabilities"].values()) - 1) < 1e-4 and "embedding" not in face
+
+
+def test_folder_no_detect_json_embedding(models, tmp_path, capsys):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    face = cv2.resize(cv2.imread(str(TEST_IMAGE))[60:170, 170:280], (48, 48))
+    cv2.imwrite(str(folder / "b_face.png"), cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))
+    shutil.copy(TEST_IMAGE, folder / "a_photo.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "annotated"
+    code, stdout, _ = run([folder, "--checkpoint", models / "fer_model.pth", "--no_detect", "--json", "--embedding",
+                           "--save_annotated", out], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert [r["image"] for r in result] == [str(folder / "a_photo.jpg"), str(folder / "b_face.png")]
+    assert result[1]["faces"][0]["box"] == [0, 0, 48, 48] and len(result[1]["faces"][0]["embedding"]) == 128
+    assert sorted(p.name for p in out.iterdir()) == ["a_photo.jpg", "b_face.png"]
+
+
+def test_onnx_and_pth_give_the_same_json(models, capsys):
+    _, a, _ = run([TEST_IMAGE, "--checkpoint", models / "fer_model.pth", "--json"], capsys)
+    _, b, _ = run([TEST_IMAGE, "--checkpoint", models / "fer_model.onnx", "--json"], capsys)
+    pa, pb = json.loads(a)[0]["faces"][0], json.loads(b)[0]["faces"][0]
+    assert pa["box"] == pb["box"]
+    np.testing.assert_allclose(list(pa["probabilities"].values()), list(pb["probabilities"].values()), atol=1e-4)
+
+
+def test_advanced_tiny_backbone(tmp_path, capsys):
+    save_advanced(tmp_path / "adv.pth")
+    code, out, _ = run([TEST_IMAGE, "--model_type", "advanced", "--checkpoint", tmp_path / "adv.pth", "--tta"], capsys)
+    assert code == 0 and "advanced model" in out and "1 face" in out
+
+
+def test_no_face_found(models, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((200, 300, 3), 120, np.uint8))
+    code, out, err = run([tmp_path / "wall.png", "--checkpoint", models / "fer_model.pth"], capsys)
+    assert code == 2 and "no face found" in out and "--no_detect" in out
+
+
+def test_missing_model_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(predictor_module, "SHIPPED_MODELS_DIR", tmp_path / "models")
+    code, _, err = run([TEST_IMAGE], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "fer_model.pth" in err and "--checkpoint" in err and "fine_tuning.py" in err
+    code, _, err = run([TEST_IMAGE, "--model_type", "advanced", "--use_onnx"], capsys)
+    assert "fer_model_advanced.onnx" in err and "advanced_fine_tuning.py" in err
+
+
+@pytest.mark.parametrize("case", ["missing_image", "not_an_image", "missing_checkpoint", "wrong_type_pth",
+                                  "wrong_type_onnx", "unwritable", "yunet_offline"])
+def test_bad_input_is_one_line(case, models, tmp_path, monkeypatch, capsys):
+    argv = [TEST_IMAGE, "--checkpoint", models / "fer_model.pth"]
+    expect = {"missing_image": "image not found", "not_an_image": "not an image",
+              "missing_checkpoint": "model file not found", "wrong_type_pth": "not 'advanced'",
+              "wrong_type_onnx": "not 'advanced'", "unwritable": "cannot write",
+              "yunet_offline": "--detector_model"}[case]
+    if case == "missing_image":
+        argv[0] = tmp_path / "nope.jpg"
+    elif case == "not_an_image":
+        argv[0] = tmp_path / "text.jpg"
+        argv[0].write_text("not a jpeg")
+    elif case == "missing_checkpoint":
+        argv[2] = tmp_path / "nope.pth"
+    elif case == "wrong_type_pth":
+        argv += ["--model_type", "advanced"]
+    elif case == "wrong_type_onnx":
+        argv[2] = models / "fer_model.onnx"
+        argv += ["--model_type", "advanced"]
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        argv += ["--save_annotated", tmp_path / "file" / "sub" / "ann.png"]
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        monkeypatch.setattr(detection.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+        argv += ["--detector", "yunet"]
+    code, _, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    r = run_script("inference.py", tmp_path / "missing.jpg", "--checkpoint", tmp_path / "x.pth")
+    assert r.returncode == 1 and r.stderr.strip() == f"error: image not found: {tmp_path / 'missing.jpg'}"

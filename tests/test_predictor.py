@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from fer_common.checkpoint import load_checkpoint
+from fer_common.cli import FERError
+from fer_common.labels import EMOTIONS
+from fer_common import predictor as predictor_module
+from fer_common.predictor import Predictor, onnx_providers, resolve_model_file
+from helpers_models import PERMUTED, save_advanced, shared_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return shared_models(tmp_path_factory)
+
+
+def faces(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(rng.integers(40, 120)), int(rng.integers(40, 120)), 3), dtype=np.uint8)
+            for _ in range(n)]
+
+
+def test_pth_and_onnx_agree(models):
+    crops = faces(5)
+    a, b = Predictor(models / "fer_model.pth", device="cpu"), Predictor(models / "fer_model.onnx", provider="cpu")
+    assert (a.runtime, b.runtime) == ("torch", "onnx")
+    assert a.class_names == b.class_names == EMOTIONS and a.model_type == b.model_type == "default"
+    pa, ea = a(crops)
+    pb, eb = b(crops)
+    assert pa.shape == (5, 7) and ea.shape == (5, 128) and pa.dtype == np.float32
+    np.testing.assert_allclose(pa.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(pa, pb, atol=1e-4)
+    np.testing.assert_allclose(ea, eb, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["fer_model.pth", "fer_model.onnx"])
+def test_batch_equals_single_calls(models, name):
+    p = Predictor(models / name, provider="cpu", device="cpu")
+    crops = faces(4, seed=1) + [np.full((60, 60), 128, np.uint8)]    # a gray crop too
+    probs, emb = p(crops)
+    for i, crop in enumerate(crops):
+        one_p, one_e = p([crop])
+        np.testing.assert_allclose(probs[i], one_p[0], atol=1e-5)
+        np.testing.assert_allclose(emb[i], one_e[0], atol=1e-4)
+    empty_p, empty_e = p([])
+    assert empty_p.shape == (0, 7) and empty_e.shape == (0, 128)
+
+
+def test_tta_averages_crop_and_mirror(models):
+    crops = faces(3, seed=2)
+    plain, tta = Predictor(models / "fer_model.pth"), Predictor(models / "fer_model.pth", tta=True)
+    p, _ = plain(crops)
+    mirrored, _ = plain([c[:, ::-1] for c in crops])
+    probs, emb = tta(crops)
+    np.testing.assert_allclose(probs, (p + mirrored) / 2, atol=1e-5)
+    assert emb.shape == (3, 128)
+
+
+def test_class_order_from_file_is_honoured(tmp_path, models):
+    ckpt = load_checkpoint(models / "fer_model.pth")
+    # The same weights with the output order declared permuted: the named probabilities follow the file.
+    ckpt["class_names"] = PERMUTED
+    torch.save(ckpt, tmp_path / "permuted.pth")
+    crops = faces(2, seed=3)
+    base, perm = Predictor(models / "fer_model.pth"), Predictor(tmp_path / "permuted.pth")
+    assert perm.class_names == PERMUTED
+    pb, _ = base(crops)
+    pp, _ = perm(crops)
+    for k, name in enumerate(PERMUTED):
+        np.testing.assert_allclose(pp[:, perm.class_names.index(name)], pb[:, k], atol=1e-6)
+
+
+def test_wrong_model_type(models):
+    with pytest.raises(FERError, match="not 'advanced'"):
+        Predictor(models / "fer_model.pth", "advanced")
+    with pytest.raises(FERError, match="not 'advanced'.*--model_type default"):
+        Predictor(models / "fer_model.onnx", "advanced")
+
+
+def test_advanced_tiny_backbone(tmp_path):
+    save_advanced(tmp_path / "adv.pth")
+    p = Predictor(tmp_path / "adv.pth", "advanced")
+    probs, emb = p(faces(2))
+    assert p.model_type == "advanced" and probs.shape == (2, 7) and emb.shape == (2, 128)
+
+
+def test_providers_only_gpu_when_usable(monkeypatch):
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert onnx_providers("auto") == ["CPUExecutionProvider"]    # onnxruntime-gpu lists CUDA regardless
+    with pytest.raises(FERError, match="--provider cuda"):
+        onnx_providers("cuda")
+
+
+def test_resolve_model_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(predictor_module, "SHIPPED_MODELS_DIR", tmp_path / "models")
+    with pytest.raises(FERError) as e:
+        resolve_model_file("default", cwd=tmp_path)
+    assert "fer_model.pth" in str(e.value) and "fine_tuning.py" in str(e.value)
+    with pytest.raises(FERError, match="advanced_pretrained.py"):
+        resolve_model_file("advanced", use_onnx=True, cwd=tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "fer_model.onnx").write_bytes(b"x")
+    assert resolve_model_file("default", use_onnx=True, cwd=tmp_path) == tmp_path / "models" / "fer_model.onnx"
+    (tmp_path / "fer_model.onnx").write_bytes(b"x")
+    assert resolve_model_file("default", use_onnx=True, cwd=tmp_path) == tmp_path / "fer_model.onnx"
+    with pytest.raises(FERError, match="model file not found"):
+        resolve_model_file("default", checkpoint=tmp_path / "nope.pth")
