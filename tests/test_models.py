@@ -37,7 +37,7 @@ def test_advanced_model_small_backbone():
 
 def test_advanced_model_swin_features_are_pooled_correctly():
     # A small Swin at a reduced input keeps the test fast; Swin's features are channels-last (N, H, W, C).
-    model = AdvancedFER(backbone="swin_tiny_patch4_window7_224", backbone_kwargs={"img_size": 112, "depths": (1, 1, 1, 1)}).eval()
+    model = AdvancedFER(backbone="swin_tiny_patch4_window7_224", backbone_kwargs={"img_size": 112, "depths": (1, 1, 1, 1), "drop_path_rate": 0.0}).eval()
     x = torch.randn(2, 3, 112, 112)
     feature_map = model.backbone.forward_features(x)
     assert feature_map.shape[-1] == model.backbone.num_features          # channels last
