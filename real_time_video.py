@@ -31,12 +31,12 @@ def main(args):
     for path, what in ((args.save_output, "output video"), (args.log_csv, "CSV log")):
         if path:
             check_writable(path, what)     # before minutes of model loading, not after
-    predictor = predictor_from_args(args)
+    predictor = predictor_from_args(args, fast=True)   # the shipped int8 model, when no model of yours is here
     detector = detector_from_args(args)
     source = args.video if args.video else args.camera
     stats = run_video(predictor, detector, source, save_output=args.save_output, log_csv=args.log_csv,
                       display=False if args.no_display else None, max_frames=args.max_frames,
-                      detect_every=args.detect_every, smooth=args.smooth)
+                      detect_every=args.detect_every, smooth=args.smooth, threaded=args.threaded)
     return 130 if stats["interrupted"] else 0
 
 

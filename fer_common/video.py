@@ -12,6 +12,7 @@ import csv
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +129,7 @@ class VideoPipeline:
     smooth per face, draw. Made once per video; call process(frame) for each frame in order."""
 
     def __init__(self, predictor, detector, detect_every: int = 3, smooth: float = 0.5, margin: float = 0.1,
-                 draw: bool = True):
+                 draw: bool = True, threaded: bool = False):
         if detect_every < 1:
             raise FERError("--detect_every must be 1 or more")
         if not 0 <= smooth < 1:
@@ -138,12 +139,34 @@ class VideoPipeline:
         self.tracker = FaceTracker(smooth=smooth)
         self.overlay = Overlay(predictor.class_names)
         self.frame_index = 0
+        # threaded: the detector runs on a worker thread (OpenCV releases the GIL), overlapping the
+        # decode, classify, draw and encode of the next frames; its boxes arrive a few frames late.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="face-detect") if threaded else None
+        self._pending = None          # (frame index, future) of the detection in flight
+        self._last_detection = -detect_every
+
+    def _update_faces(self, frame: np.ndarray, i: int) -> None:
+        if self._pool is None:
+            if i % self.detect_every == 0:
+                self.tracker.update_detections(self.detector.detect(frame), i)
+            return
+        if self._pending is not None and self._pending[1].done():
+            self._take_detection()
+        if self._pending is None and i - self._last_detection >= self.detect_every:
+            self._pending = (i, self._pool.submit(self.detector.detect, frame.copy()))
+            self._last_detection = i
+        if self._pending is not None and not self.tracker.tracks:
+            self._take_detection()          # no face known: wait, there is nothing to draw without boxes
+
+    def _take_detection(self) -> None:
+        j, future = self._pending
+        self._pending = None
+        self.tracker.update_detections(future.result(), j)
 
     def process(self, frame: np.ndarray, fps: float | None = None) -> FrameResult:
         i = self.frame_index
         self.frame_index += 1
-        if i % self.detect_every == 0:
-            self.tracker.update_detections(self.detector.detect(frame), i)
+        self._update_faces(frame, i)
         boxes = self.tracker.boxes(i, frame.shape)
         probabilities, embeddings = self.predictor(crop_faces(frame, boxes, self.margin))
         probabilities = self.tracker.smooth_probabilities(probabilities)
@@ -151,6 +174,10 @@ class VideoPipeline:
         if self.draw:
             self.overlay.draw(frame, boxes, probabilities, fps=fps, ids=ids)
         return FrameResult(boxes, ids, probabilities, embeddings)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def display_available() -> bool:
@@ -243,7 +270,8 @@ class _Display:
 
 
 def run_video(predictor, detector, source=0, save_output=None, log_csv=None, display: bool | None = None,
-              max_frames: int | None = None, detect_every: int = 3, smooth: float = 0.5, log=print) -> dict:
+              max_frames: int | None = None, detect_every: int = 3, smooth: float = 0.5, threaded: bool = False,
+              log=print) -> dict:
     """Run the whole loop over a video file (path) or webcam (int) and return frames, faces, fps, outputs.
 
     display=None shows a window only when a display exists. The output video keeps the source's size and
@@ -260,7 +288,7 @@ def run_video(predictor, detector, source=0, save_output=None, log_csv=None, dis
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
         if max_frames:
             total = min(total, max_frames) if total > 0 else max_frames
-        pipeline = VideoPipeline(predictor, detector, detect_every=detect_every, smooth=smooth)
+        pipeline = VideoPipeline(predictor, detector, detect_every=detect_every, smooth=smooth, threaded=threaded)
         screen = _Display("FER - press q or Esc to quit") if (display is None and display_available()) or display else None
         with contextlib.ExitStack() as stack:
             writer = None
@@ -278,6 +306,7 @@ def run_video(predictor, detector, source=0, save_output=None, log_csv=None, dis
                 handle = stack.enter_context(open(tmp_csv, "w", newline=""))
                 rows = csv.writer(handle)
                 rows.writerow(csv_header(predictor.class_names))
+            stack.callback(pipeline.close)
             stats = _loop(cap, first, pipeline, writer, rows, screen, src_fps, max_frames, total,
                            live=isinstance(source, int))
             if screen is not None:
@@ -348,4 +377,9 @@ def add_video_args(parser):
                    help="run the face detector every N frames; boxes are tracked in between")
     g.add_argument("--smooth", type=float, default=0.5, metavar="ALPHA",
                    help="smooth each face's probabilities over frames: ALPHA * previous + (1 - ALPHA) * now (0: off)")
+    g.add_argument("--threaded", dest="threaded", action="store_true", default=True,
+                   help="detect faces on a background thread, overlapping decoding, classifying, drawing and "
+                        "encoding (about 2x the FPS; boxes may lag a frame or two behind fast motion)")
+    g.add_argument("--no_threaded", dest="threaded", action="store_false",
+                   help="detect in the main loop, exactly every --detect_every frames (reproducible logs)")
     return g

@@ -141,3 +141,18 @@ def test_bad_input_is_one_line(case, models, tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+
+
+def test_threaded_detection_finds_the_face_and_keeps_every_frame(models):
+    cap = cv2.VideoCapture(str(TEST_VIDEO))
+    frames = [cap.read()[1] for _ in range(40)]          # the one-face part of the clip
+    cap.release()
+    pipeline = VideoPipeline(Predictor(models / "fer_model.onnx"), FaceDetector(), detect_every=3, threaded=True)
+    try:
+        results = [pipeline.process(frame) for frame in frames]
+    finally:
+        pipeline.close()
+    # The first frame waits for its detection (no face known yet); later ones use boxes as they arrive.
+    assert all(len(r.boxes) >= 1 for r in results)
+    assert all(r.probabilities.shape == (len(r.boxes), 7) for r in results)
+    assert len({r.ids[0] for r in results}) == 1                   # one face, one id throughout

@@ -1,0 +1,59 @@
+"""The trained default model that ships in models/: it loads, its two files agree, and the demo works."""
+
+import json
+
+import cv2
+import numpy as np
+
+from fer_common.checkpoint import load_checkpoint
+from fer_common.detection import FaceDetector, crop_faces
+from fer_common.labels import EMOTIONS
+from fer_common.onnx_export import read_onnx_metadata
+from fer_common.predictor import Predictor
+from synthetic import REPO, run_script
+
+MODELS = REPO / "models"
+TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
+
+
+def test_shipped_files_load_and_are_small():
+    pth, onnx = MODELS / "fer_model.pth", MODELS / "fer_model.onnx"
+    for path in (pth, onnx):
+        assert path.stat().st_size < 10 * 2**20, f"{path} is over 10 MB"
+    ckpt = load_checkpoint(pth, expected_type="default")
+    assert sorted(ckpt["class_names"]) == sorted(EMOTIONS)
+    assert ckpt["preprocessing"]["input_size"] == [48, 48] and ckpt["preprocessing"]["channels"] == 1
+    assert "optimizer" not in ckpt                      # an inference file, not a training state
+    meta = read_onnx_metadata(onnx)
+    assert meta["class_names"] == ckpt["class_names"] and meta["preprocessing"] == ckpt["preprocessing"]
+    history = json.loads((MODELS / "fer_model_metrics.json").read_text())
+    assert history["best"]["epoch"] == ckpt["epoch"]
+
+
+def test_pytorch_and_onnx_agree_on_real_and_random_faces():
+    image = cv2.imread(str(TEST_IMAGE))
+    boxes = FaceDetector().detect(image)
+    assert len(boxes) >= 1
+    rng = np.random.default_rng(0)
+    crops = crop_faces(image, boxes) + [rng.integers(0, 256, (60, 50, 3), dtype=np.uint8) for _ in range(5)]
+    torch_probs = Predictor(MODELS / "fer_model.pth").predict(crops).probabilities
+    onnx_probs = Predictor(MODELS / "fer_model.onnx").predict(crops).probabilities
+    np.testing.assert_allclose(torch_probs, onnx_probs, atol=1e-4)
+
+
+def test_demo_uses_the_shipped_model(tmp_path):
+    # Run from an empty folder: no fer_model.pth of the user's, so the shipped one is used.
+    r = run_script("inference.py", TEST_IMAGE, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "models/fer_model.pth" in r.stderr
+    faces = json.loads(r.stdout)[0]["faces"]
+    assert len(faces) >= 1
+    probabilities = faces[0]["probabilities"]
+    assert sorted(probabilities) == sorted(EMOTIONS)
+    assert abs(sum(probabilities.values()) - 1) < 1e-4 and all(0 <= p <= 1 for p in probabilities.values())
+
+    r = run_script("inference.py", TEST_IMAGE, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shown = [float(line.split()[1].rstrip("%")) for line in r.stdout.splitlines()
+             if line.strip() and line.split()[0] in EMOTIONS]
+    assert len(shown) == 7 and shown == sorted(shown, reverse=True)
