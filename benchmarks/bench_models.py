@@ -5,7 +5,6 @@ number of intra-op threads. The Predictor rows add what the real predictor does 
 (preprocessing of 96x96 BGR crops, softmax) with the thread settings it picks itself.
 """
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from fer_common.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.onnx_export import export_onnx
 from fer_common.predictor import Predictor
 from fer_common.preprocess import prepare_batch
-from fer_common.quantize import quantize_onnx
+from fer_common.quantize import calibration_crops, quantize_onnx
 
 from .common import REPO, cpu_cores, fmt, load_default_model, table, time_it, torch_threads
 
@@ -61,16 +60,6 @@ def bench_ort(path, name, runtime, x_by_batch, threads, timing_args, spin=True):
     runtime += "" if spin or threads == 1 else ", no spin-wait"
     return [row(name, runtime, threads, b, time_it(lambda: session.run(None, {"input": x}), **timing_args))
             for b, x in x_by_batch.items()]
-
-
-def calibration_crops(folder, n: int = 400, seed: int = 0) -> list[np.ndarray]:
-    """Up to n random 48x48 gray face crops from an image-folder data set (class sub-folders)."""
-    from fer_common import data as fdata
-
-    samples, _ = fdata.list_samples(folder)
-    random.Random(seed).shuffle(samples)
-    images, _, _ = fdata.load_into_memory(samples[:n], [48, 48], 1, quiet=True)
-    return [im[0].numpy() for im in images]
 
 
 def folder_accuracy(paths: dict, folder, class_names, prep, batch_size: int = 256) -> dict:

@@ -2,6 +2,10 @@
 
     info = quantize_onnx("fer_model.onnx", "fer_model.int8.onnx", calibration_images=crops)
 
+From the command line (calibrating on training-side face crops, never on test images):
+
+    python -m fer_common.quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new
+
 Two candidates are made: static QDQ quantization (activations calibrated on face crops, per-channel int8
 weights: QLinearConv kernels, which use VNNI on CPUs that have it) and dynamic quantization (weights only,
 activations quantized on the fly). Each is checked against the fp32 model on held-out crops; the fastest one
@@ -160,3 +164,44 @@ def _median_ms(session, batch: np.ndarray, warmup: int = 5, repeats: int = 30) -
         session.run(["logits"], feed)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+def calibration_crops(folder, n: int = MAX_CALIBRATION_IMAGES, seed: int = 0) -> list[np.ndarray]:
+    """Up to n random 48x48 gray face crops from an image-folder data set (class sub-folders)."""
+    import random
+
+    from . import data as fdata
+
+    samples, _ = fdata.list_samples(folder)
+    random.Random(seed).shuffle(samples)
+    images, _, _ = fdata.load_into_memory(samples[:n], [48, 48], 1, quiet=True)
+    return [im[0].numpy() for im in images]
+
+
+def get_args_parser():
+    from .cli import make_parser
+
+    parser = make_parser("Quantize a default-model ONNX file to int8.\n\n"
+                         "    python -m fer_common.quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new")
+    parser.add_argument("src", help="fp32 ONNX file exported by the training scripts")
+    parser.add_argument("dst", help="int8 ONNX file to write")
+    parser.add_argument("--calibration", metavar="FOLDER",
+                        help="image-folder data set of face crops to calibrate on (without it: dynamic quantization)")
+    parser.add_argument("--images", type=int, default=MAX_CALIBRATION_IMAGES, help="calibration crops to use")
+    parser.add_argument("--method", choices=["auto", "static", "dynamic"], default="auto", help="quantization method")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dst")
+    return parser
+
+
+def main(args):
+    if Path(args.dst).exists() and not args.overwrite:
+        raise FERError(f"{args.dst} already exists: pass --overwrite to replace it")
+    crops = calibration_crops(args.calibration, args.images) if args.calibration else None
+    info = quantize_onnx(args.src, args.dst, crops, method=args.method)
+    print(f"int8 model ({info['method']}) -> {args.dst}")
+
+
+if __name__ == "__main__":
+    from .cli import run_main
+
+    run_main(main, get_args_parser())
