@@ -1,12 +1,12 @@
 """Small random models saved as the scripts expect them, shared by the inference/video tests."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from synthetic import REPO, run_script  # noqa: F401  (run_script is re-exported for the tests)
+
 if str(REPO) not in sys.path:   # fer_common and the top-level scripts live here, whatever folder pytest runs in
     sys.path.insert(0, str(REPO))
 
@@ -38,12 +38,6 @@ def save_advanced(path, class_names=EMOTIONS) -> AdvancedFER:
     prep = default_preprocessing("advanced", model)
     save_checkpoint(make_checkpoint(model, "advanced", {"backbone": "test_vit"}, class_names, prep), path)
     return model
-
-
-def run_script(script: str, *args, cwd=REPO, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run a top-level script as a user types it: python <script> args..., from `cwd`."""
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def shared_models(tmp_path_factory) -> Path:
