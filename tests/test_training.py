@@ -198,3 +198,10 @@ def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
     ckpt = load_checkpoint(tmp_path / "ddp.pth", expected_type="default")
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
     assert (tmp_path / "ddp.onnx").is_file()
+
+
+def test_streaming_loader_trains_too(tiny_data, tmp_path):
+    r = run_script("fine_tuning.py", "--dataset_path", tiny_data, "--epochs", "1", "--batch_size", "8", "--num_workers", "0",
+                   "--no_cache", "--output_model", tmp_path / "m.pth", "--output_onnx", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "streamed from disk" in r.stdout and (tmp_path / "m.onnx").is_file()
