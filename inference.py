@@ -19,13 +19,11 @@ import numpy as np
 
 from fer_common.cli import FERError, make_parser, run_main
 from fer_common.detection import add_detector_args, crop_faces, detector_from_args
-from fer_common.files import atomic_path
+from fer_common.files import IMAGE_EXTENSIONS, atomic_path
 from fer_common.overlay import Overlay, upscale_small
 from fer_common.predictor import add_predictor_args, predictor_from_args
 from fer_common.preprocess import read_image
 from fer_common.video import check_writable
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def get_args_parser():

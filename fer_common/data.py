@@ -13,10 +13,9 @@ import torch
 from tqdm import tqdm
 
 from .cli import FERError
+from .files import IMAGE_EXTENSIONS
 from .labels import EMOTIONS, canonical_name
 from .preprocess import read_image, resize
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 # Images are cached at the model's input size, but at most this big: FER-2013 faces are 48 px, so a
 # 224 px input is upsampled from the cache on the fly rather than stored at 3 x 224 x 224 (4 GB).

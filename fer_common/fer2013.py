@@ -24,11 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import FERError
+from .files import IMAGE_EXTENSIONS
 from .labels import EMOTIONS, canonical_name
 
-# The same list as fer_common.data.IMAGE_EXTENSIONS, kept here because that module imports torch (seconds
-# of start-up that a download script, and its tests, should not pay).
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 # The Kaggle layout's split folders; the CSV's Usage values and where each goes.
 ARCHIVE_SPLITS = ("train", "test")

@@ -1,10 +1,13 @@
-"""Atomic writes: a file appears complete under its final name, or not at all."""
+"""File helpers: which files are images, and atomic writes (a file appears complete under its final name, or not at all)."""
 
 import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+# The image files every reader of the toolkit accepts (data sets, inference folders, archive import).
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @contextlib.contextmanager
