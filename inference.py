@@ -19,11 +19,10 @@ import numpy as np
 
 from fer_common.cli import FERError, make_parser, run_main
 from fer_common.detection import add_detector_args, crop_faces, detector_from_args
-from fer_common.files import IMAGE_EXTENSIONS, atomic_path
+from fer_common.files import IMAGE_EXTENSIONS, atomic_path, check_writable
 from fer_common.overlay import Overlay, upscale_small
 from fer_common.predictor import add_predictor_args, predictor_from_args
 from fer_common.preprocess import read_image
-from fer_common.video import check_writable
 
 
 def get_args_parser():
@@ -40,6 +39,7 @@ def get_args_parser():
     g.add_argument("--embedding", action="store_true", help="with --json, add each face's 128-d embedding")
     g.add_argument("--save_annotated", metavar="PATH",
                    help="write the image with boxes and probability bars here (a folder for several images)")
+    g.add_argument("--overwrite", action="store_true", help="replace existing annotated images")
     return parser
 
 
@@ -106,7 +106,7 @@ def main(args):
     images = list_images(args.images)
     outputs = annotated_paths(images, args.save_annotated) if args.save_annotated else [None] * len(images)
     for path in filter(None, outputs):
-        check_writable(path, "annotated image")
+        check_writable(path, "annotated image", args.overwrite)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
     predictor = predictor_from_args(args, log=log)
     detector = None if args.no_detect else detector_from_args(args)

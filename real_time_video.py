@@ -10,7 +10,8 @@ Without --video it opens webcam 0 (--camera N). Press q or Esc in the window to 
 from fer_common.cli import make_parser, run_main
 from fer_common.detection import add_detector_args, detector_from_args
 from fer_common.predictor import add_predictor_args, predictor_from_args
-from fer_common.video import add_video_args, check_writable, run_video
+from fer_common.files import check_writable
+from fer_common.video import add_video_args, run_video
 
 
 def get_args_parser():
@@ -24,19 +25,21 @@ def get_args_parser():
                    help="CSV log: frame, time_s, face_id, x, y, w, h, top_emotion and each emotion's probability")
     g.add_argument("--no_display", action="store_true",
                    help="do not open a window (automatic when there is no display)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --save_output / --log_csv file")
     return parser
 
 
 def main(args):
     for path, what in ((args.save_output, "output video"), (args.log_csv, "CSV log")):
         if path:
-            check_writable(path, what)     # before minutes of model loading, not after
+            check_writable(path, what, args.overwrite)     # before minutes of model loading, not after
     predictor = predictor_from_args(args, fast=True)   # the shipped int8 model, when no model of yours is here
     detector = detector_from_args(args)
     source = args.video if args.video else args.camera
     stats = run_video(predictor, detector, source, save_output=args.save_output, log_csv=args.log_csv,
                       display=False if args.no_display else None, max_frames=args.max_frames,
-                      detect_every=args.detect_every, smooth=args.smooth, threaded=args.threaded)
+                      detect_every=args.detect_every, smooth=args.smooth, threaded=args.threaded,
+                      overwrite=args.overwrite)
     return 130 if stats["interrupted"] else 0
 
 

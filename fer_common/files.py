@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .cli import FERError
+
 # The image files every reader of the toolkit accepts (data sets, inference folders, archive import).
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -45,3 +47,19 @@ def save_torch(obj, path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def check_writable(path, what: str = "output", overwrite: bool = False) -> Path:
+    """Fail early, in one line, if `path` cannot be written, or exists and may not be replaced."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FERError(f"cannot write {what} {path}: cannot create folder {path.parent} ({e.strerror})") from None
+    if path.is_dir():
+        raise FERError(f"cannot write {what} {path}: it is a folder")
+    if path.exists() and not overwrite:
+        raise FERError(f"{what} {path} already exists: pass --overwrite to replace it")
+    if not os.access(path.parent, os.W_OK):
+        raise FERError(f"cannot write {what} {path}: folder {path.parent} is not writable")
+    return path

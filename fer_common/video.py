@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .cli import FERError
 from .detection import crop_faces
-from .files import atomic_path
+from .files import atomic_path, check_writable
 from .overlay import Overlay
 
 FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -140,7 +140,7 @@ class VideoPipeline:
         self.overlay = Overlay(predictor.class_names)
         self.frame_index = 0
         # threaded: the detector runs on a worker thread (OpenCV releases the GIL), overlapping the
-        # decode, classify, draw and encode of the next frames; its boxes arrive a few frames late.
+        # decode, classify, draw and encode of the next frames; its boxes arrive up to detect_every frames late.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="face-detect") if threaded else None
         self._pending = None          # (frame index, future) of the detection in flight
         self._last_detection = -detect_every
@@ -150,7 +150,9 @@ class VideoPipeline:
             if i % self.detect_every == 0:
                 self.tracker.update_detections(self.detector.detect(frame), i)
             return
-        if self._pending is not None and self._pending[1].done():
+        # A detection is taken when it is ready, and waited for once it is detect_every frames old: boxes
+        # never lag more than that, even when frames come faster than the detector (a file, not a webcam).
+        if self._pending is not None and (self._pending[1].done() or i - self._pending[0] >= self.detect_every):
             self._take_detection()
         if self._pending is None and i - self._last_detection >= self.detect_every:
             self._pending = (i, self._pool.submit(self.detector.detect, frame.copy()))
@@ -229,20 +231,6 @@ def open_capture(source) -> tuple[cv2.VideoCapture, np.ndarray]:
     return cap, frame
 
 
-def check_writable(path, what: str = "output") -> Path:
-    """Fail early, in one line, if `path` cannot be written (its folder cannot be made, or is read-only)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FERError(f"cannot write {what} {path}: cannot create folder {path.parent} ({e.strerror})") from None
-    if path.is_dir():
-        raise FERError(f"cannot write {what} {path}: it is a folder")
-    if not os.access(path.parent, os.W_OK):
-        raise FERError(f"cannot write {what} {path}: folder {path.parent} is not writable")
-    return path
-
-
 def csv_header(class_names) -> list[str]:
     return ["frame", "time_s", "face_id", "x", "y", "w", "h", "top_emotion", *class_names]
 
@@ -271,7 +259,7 @@ class _Display:
 
 def run_video(predictor, detector, source=0, save_output=None, log_csv=None, display: bool | None = None,
               max_frames: int | None = None, detect_every: int = 3, smooth: float = 0.5, threaded: bool = False,
-              log=print) -> dict:
+              overwrite: bool = False, log=print) -> dict:
     """Run the whole loop over a video file (path) or webcam (int) and return frames, faces, fps, outputs.
 
     display=None shows a window only when a display exists. The output video keeps the source's size and
@@ -280,7 +268,7 @@ def run_video(predictor, detector, source=0, save_output=None, log_csv=None, dis
     """
     for path, what in ((save_output, "output video"), (log_csv, "CSV log")):
         if path:
-            check_writable(path, what)
+            check_writable(path, what, overwrite)
     cap, first = open_capture(source)
     try:
         src_fps = cap.get(cv2.CAP_PROP_FPS)

@@ -156,3 +156,16 @@ def test_threaded_detection_finds_the_face_and_keeps_every_frame(models):
     assert all(len(r.boxes) >= 1 for r in results)
     assert all(r.probabilities.shape == (len(r.boxes), 7) for r in results)
     assert len({r.ids[0] for r in results}) == 1                   # one face, one id throughout
+
+
+def test_existing_output_is_kept_without_overwrite(models, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"the user's own video")
+    args = ["--video", TEST_VIDEO, "--checkpoint", models / "fer_model.onnx", "--no_display", "--max_frames", "3",
+            "--save_output", out]
+    r = run_script("real_time_video.py", *args, cwd=tmp_path)
+    assert r.returncode == 1 and "already exists: pass --overwrite" in r.stderr
+    assert out.read_bytes() == b"the user's own video"
+    r = run_script("real_time_video.py", *args, "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert read_video(out)[1] == 3
