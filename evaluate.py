@@ -25,7 +25,7 @@ def get_args_parser():
     g = parser.add_argument_group("Data")
     g.add_argument("--data", default="dataset/test", help="folder with one sub-folder of images per emotion")
     g.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
-    add_predictor_args(parser)
+    add_predictor_args(parser, tta=True)
     g = parser.add_argument_group("Output")
     g.add_argument("--output_dir", default="evaluation", help="where confusion_matrix.png and metrics.json go")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --output_dir")

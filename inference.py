@@ -31,7 +31,7 @@ def get_args_parser():
     g.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images (sorted)")
     g.add_argument("--no_detect", action="store_true",
                    help="classify each whole image as one face (for images that already are face crops)")
-    add_predictor_args(parser)
+    add_predictor_args(parser, tta=True)
     add_detector_args(parser)
     g = parser.add_argument_group("Output")
     g.add_argument("--json", action="store_true",

@@ -147,6 +147,9 @@ def add_model_args(parser, model_type: str):
     g = parser.add_argument_group("Model")
     g.add_argument("--embedding_dim", type=int, default=128, help="size of the face embedding")
     g.add_argument("--dropout", type=float, default=0.3, help="dropout before the embedding and classifier layers")
+    if model_type == "default":
+        g.add_argument("--widths", type=_widths, default=(40, 80, 160, 320), metavar="W1,W2,W3,W4",
+                       help="channels of the four stages (compute grows with their square)")
     if model_type == "advanced":
         g.add_argument("--backbone", default=DEFAULT_BACKBONE,
                        help="timm model name (e.g. swin_tiny_patch4_window7_224, convnext_tiny, efficientnet_b0)")
@@ -158,8 +161,21 @@ def add_model_args(parser, model_type: str):
     return g
 
 
+def _widths(text: str) -> tuple:
+    import argparse
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive channel counts like 40,80,160,320, got '{text}'")
+    return widths
+
+
 def model_config_from_args(args, model_type: str) -> dict:
     config = {"embedding_dim": args.embedding_dim, "dropout": args.dropout}
+    if model_type == "default":
+        config["widths"] = list(args.widths)
     if model_type == "advanced":
         config.update(backbone=args.backbone, pretrained=args.pretrained, pretrained_weights=args.pretrained_weights)
     return config

@@ -135,6 +135,46 @@ class Predictor:
             return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
 
 
+class Ensemble:
+    """Several predictors used as one: their probabilities are averaged (in the first model's class order).
+
+    The models may differ in architecture, input size and runtime, but must share their class names (in any
+    order). Embeddings come from the first model: embeddings of different models live in different spaces.
+    """
+
+    def __init__(self, members: list):
+        if not members:
+            raise FERError("an ensemble needs at least one model")
+        first = members[0]
+        self.members = members
+        self.class_names = list(first.class_names)
+        self.order = []
+        for m in members:
+            if sorted(m.class_names) != sorted(self.class_names):
+                raise FERError(f"{m.path} predicts {m.class_names}, {first.path} predicts {self.class_names}: "
+                               f"an ensemble needs models of the same classes")
+            self.order.append([m.class_names.index(c) for c in self.class_names])
+        # What callers read off a predictor: the first model's file, preprocessing and embedding.
+        for name in ("path", "model_type", "preprocessing", "embedding_dim", "tta", "runtime", "device", "provider"):
+            setattr(self, name, getattr(first, name))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        return f"ensemble of {len(self.members)}: " + " + ".join(m.describe() for m in self.members)
+
+    def __call__(self, crops, bgr: bool = True) -> Prediction:
+        return self.predict(crops, bgr)
+
+    def predict(self, crops, bgr: bool = True) -> Prediction:
+        crops = list(crops)
+        results = [m.predict(crops, bgr) for m in self.members]
+        probabilities = np.mean([r.probabilities[:, order] for r, order in zip(results, self.order)], axis=0)
+        return Prediction(probabilities.astype(np.float32), results[0].embeddings)
+
+
 def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
     """The ONNX Runtime providers to ask for, GPU ones only where they can actually run.
 
@@ -237,26 +277,34 @@ def resolve_model_file(model_type: str, checkpoint=None, use_onnx: bool = False,
                    f"pass --checkpoint PATH, or {how}")
 
 
-def add_predictor_args(parser):
-    """Model and runtime flags shared by inference.py and real_time_video.py."""
+def add_predictor_args(parser, tta: bool = False):
+    """Model and runtime flags shared by inference.py, evaluate.py and real_time_video.py.
+
+    tta: whether mirror test-time augmentation is on by default. It gains about a point of accuracy for twice
+    the classifier time per face: worth it for images and evaluation, not within a live frame's budget.
+    """
     g = parser.add_argument_group("Model")
     g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
                    help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
-    g.add_argument("--checkpoint", metavar="PATH",
-                   help="model file (.pth or .onnx); default: fer_model.pth / fer_model_advanced.pth here "
+    g.add_argument("--checkpoint", metavar="PATH", nargs="+",
+                   help="model file (.pth or .onnx); several files make an ensemble that averages their "
+                        "probabilities; default: fer_model.pth / fer_model_advanced.pth here "
                         "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")
     g.add_argument("--use_onnx", action="store_true", help="run the ONNX export through ONNX Runtime")
     g.add_argument("--provider", default="auto", choices=PROVIDERS,
                    help="ONNX Runtime provider (auto: CUDA when a GPU is usable, else the CPU)")
-    g.add_argument("--tta", action="store_true",
+    g.add_argument("--tta", dest="tta", action="store_true", default=tta,
                    help="test-time augmentation: average each face's probabilities with its mirror image's")
+    g.add_argument("--no_tta", dest="tta", action="store_false", help="classify each face once (no mirror image)")
     add_device_args(parser)
     return g
 
 
-def predictor_from_args(args, log=print, fast: bool = False) -> Predictor:
-    """Resolve the model file from the flags, load it once, and say which file was loaded."""
-    path = resolve_model_file(args.model_type, args.checkpoint, args.use_onnx, fast=fast)
-    predictor = Predictor(path, args.model_type, device=args.device, provider=args.provider, tta=args.tta)
+def predictor_from_args(args, log=print, fast: bool = False):
+    """Resolve the model file(s) from the flags, load them once, and say which files were loaded."""
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]
+    paths = [resolve_model_file(args.model_type, c, args.use_onnx, fast=fast) for c in checkpoints]
+    members = [Predictor(p, args.model_type, device=args.device, provider=args.provider, tta=args.tta) for p in paths]
+    predictor = members[0] if len(members) == 1 else Ensemble(members)
     log(f"model: {predictor.describe()}")
     return predictor

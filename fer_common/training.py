@@ -5,6 +5,7 @@ Runs on one device, or under `torchrun --nproc_per_node=N` with DistributedDataP
 """
 
 import argparse
+import copy
 import math
 import os
 import random
@@ -78,6 +79,101 @@ class EarlyStopping:
                 "stop": "no improvement: early stop confirmed"}[status]
 
 
+# ----------------------------------------------------------------------------- weight averaging, mixup, teachers
+
+class ModelEma:
+    """An exponential moving average of a model's weights (and BatchNorm statistics), as timm's ModelEmaV3.
+
+    The averaged copy is what validation sees and what the best checkpoint holds: it generalises better than
+    the raw weights at the end of a noisy epoch. The decay warms up ((1 + n) / (10 + n)) so early averages are
+    not dominated by the random initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay, self.updates = decay, 0
+        self.module = copy.deepcopy(unwrap(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema, live in zip(self.module.state_dict().values(), unwrap(model).state_dict().values()):
+            if ema.dtype.is_floating_point:
+                ema.lerp_(live.detach(), 1.0 - decay)
+            else:
+                ema.copy_(live)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "weights": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.module.load_state_dict(state["weights"])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, generator=None):
+    """Mixup (Zhang et al. 2018): blend each image with a partner; returns (x, y, partner labels, lambda)."""
+    lam = float(np.random.default_rng(int(torch.randint(1 << 31, (1,), generator=generator))).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return x * lam + x[perm] * (1 - lam), y, y[perm], lam
+
+
+class Teachers:
+    """Trained models whose averaged, temperature-softened probabilities a student learns from (distillation).
+
+    Each teacher gets the student's augmented batch in its own preprocessing (size, channels, normalisation),
+    so teachers of another width or input size work too. They run under torch.inference_mode.
+    """
+
+    def __init__(self, paths, class_names, student_prep: dict, device, temperature: float = 4.0):
+        self.models, self.preps, self.temperature = [], [], temperature
+        for path in paths:
+            ckpt = load_checkpoint(path)
+            if list(ckpt["class_names"]) != list(class_names):
+                raise FERError(f"teacher {path} has classes {ckpt['class_names']}, the data has {class_names}")
+            if ckpt["preprocessing"]["channels"] != student_prep["channels"]:
+                raise FERError(f"teacher {path} takes {ckpt['preprocessing']['channels']}-channel images, "
+                               f"the student {student_prep['channels']}-channel ones")
+            self.models.append(model_from_checkpoint(ckpt, path).to(device).eval())
+            self.preps.append(ckpt["preprocessing"])
+        self.student_prep = student_prep
+
+    def soft_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the teachers' softmax(logits / T) for the student's normalised batch x."""
+        return self._soft_targets(x).clone()   # a clone outside inference mode is a tensor autograd may use
+
+    @torch.inference_mode()
+    def _soft_targets(self, x: torch.Tensor) -> torch.Tensor:
+        sp = self.student_prep
+        mean = torch.tensor(sp["mean"], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(sp["std"], device=x.device).view(1, -1, 1, 1)
+        unit = x.float() * std + mean                       # back to [0, 1] pixels
+        total = 0
+        for model, prep in zip(self.models, self.preps):
+            t = unit
+            if tuple(t.shape[-2:]) != tuple(prep["input_size"]):
+                t = torch.nn.functional.interpolate(t, size=tuple(prep["input_size"]), mode="bilinear",
+                                                    align_corners=False)
+            t = (t - torch.tensor(prep["mean"], device=x.device).view(1, -1, 1, 1)) / \
+                torch.tensor(prep["std"], device=x.device).view(1, -1, 1, 1)
+            logits, _ = model(t.contiguous(memory_format=torch.channels_last))
+            total = total + torch.softmax(logits.float() / self.temperature, dim=1)
+        return total / len(self.models)
+
+
+def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teachers || student) at temperature T, scaled by T^2 so its gradients match the hard loss's (Hinton et al.)."""
+    log_p = torch.log_softmax(logits.float() / temperature, dim=1)
+    return torch.nn.functional.kl_div(log_p, soft_targets, reduction="batchmean") * temperature ** 2
+
+
 # ----------------------------------------------------------------------------- arguments
 
 def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, learning_rate: float,
@@ -106,6 +202,16 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                    help="loss weights against class imbalance (Disgust is 1.5%% of FER-2013): "
                         "balanced = 1/frequency, sqrt = its square root")
     g.add_argument("--seed", type=int, default=42, help="random seed")
+    g = parser.add_argument_group("Weight averaging, mixup and distillation")
+    g.add_argument("--ema_decay", type=float, default=0.999,
+                   help="exponential moving average of the weights, validated and saved as the best model (0 = off)")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup: blend image pairs with a Beta(ALPHA, ALPHA) weight (0 = off; 0.2 is typical)")
+    g.add_argument("--teacher", action="append", default=[], metavar="CHECKPOINT",
+                   help="distil from a trained model (repeat for an ensemble: their probabilities are averaged)")
+    g.add_argument("--distill_temperature", type=float, default=4.0, help="softmax temperature of the teachers and student")
+    g.add_argument("--distill_weight", type=float, default=0.7,
+                   help="share of the loss from the teachers' soft labels (the rest from the true labels)")
     g = add_device_args(parser)
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                    help="mixed precision: auto = bf16 (or fp16) on CUDA, off on the CPU; bf16 also speeds up "
@@ -162,7 +268,9 @@ def to_model_input(images, device, prep, train: bool, generator=None):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler, desc="train", quiet=False):
+def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler, desc="train", quiet=False,
+                    ema: ModelEma | None = None, mixup: float = 0.0, teachers: Teachers | None = None,
+                    distill_weight: float = 0.7):
     """One pass over the training data; returns the mean training loss (over all processes)."""
     model.train()
     total, count = 0.0, 0
@@ -172,13 +280,22 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler
             continue
         x = to_model_input(images, device, prep, train=True)
         y = labels.to(device, non_blocking=True)
+        y2, lam = y, 1.0
+        if mixup > 0:
+            x, y, y2, lam = mix_batch(x, y, mixup)
+        soft = teachers.soft_targets(x) if teachers is not None else None
         with autocast(device, amp):
             logits, _ = model(x)
-            loss = loss_fn(logits.float(), y)
+        logits = logits.float()
+        loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y2) if lam < 1 else loss_fn(logits, y)
+        if soft is not None:
+            loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(logits, soft, teachers.temperature)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(model)
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -324,6 +441,8 @@ def train(args, model_type: str, model_config: dict) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
         scheduler = make_scheduler(optimizer, args)
         stopper = EarlyStopping(args.patience, args.extra_epochs)
+        ema = ModelEma(model, args.ema_decay) if args.ema_decay > 0 else None
+        teachers = Teachers(args.teacher, class_names, prep, device, args.distill_temperature) if args.teacher else None
         history, start_epoch = [], 1
         if resume is not None:
             start_epoch = resume.get("epoch", 0) + 1
@@ -332,21 +451,30 @@ def train(args, model_type: str, model_config: dict) -> dict:
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
                 stopper.load_state_dict(resume["early_stopping"])
+                if ema is not None and "ema" in resume:
+                    ema.load_state_dict(resume["ema"])
             else:
                 log(f"warning: {args.resume} has no optimizer state (a best-model file); optimizer starts afresh")
             log(f"resuming from {args.resume} at epoch {start_epoch}")
 
         log(f"model: {model_type}, {count_parameters(model) / 1e6:.2f} M parameters, input "
             f"{prep['channels']}x{prep['input_size'][0]}x{prep['input_size'][1]}; device {device}"
-            f"{f' x {world_size} processes' if world_size > 1 else ''}; AMP {amp or 'off'}")
+            f"{f' x {world_size} processes' if world_size > 1 else ''}; AMP {amp or 'off'}"
+            f"{f'; EMA {ema.decay}' if ema else ''}{f'; mixup {args.mixup}' if args.mixup > 0 else ''}"
+            f"{f'; distilling from {len(args.teacher)} teacher(s) at T={args.distill_temperature}' if teachers else ''}")
         run_args = {k: v for k, v in vars(args).items()}
 
         def checkpoint(epoch, metrics, with_state):
+            # The best-model file holds the weights that were validated (the EMA's, when on); the last-state
+            # file holds the live weights plus everything --resume needs.
             extra = {"epoch": epoch, "metrics": metrics, "args": run_args, "history": history}
             if with_state:
                 extra.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                              early_stopping=stopper.state_dict())
-            return make_checkpoint(model, model_type, model_config, class_names, prep, **extra)
+                if ema is not None:
+                    extra["ema"] = ema.state_dict()
+            weights = model if with_state or ema is None else ema.module
+            return make_checkpoint(weights, model_type, model_config, class_names, prep, **extra)
 
         best = next((h for h in history if h["val_loss"] == stopper.best), None)
         epoch = start_epoch - 1
@@ -355,8 +483,10 @@ def train(args, model_type: str, model_config: dict) -> dict:
             set_epoch(train_loader, epoch)
             lr = optimizer.param_groups[0]["lr"]
             train_loss = train_one_epoch(model, train_loader, optimizer, loss_fn, device, prep, amp, scaler,
-                                         desc=f"epoch {epoch}/{args.epochs}", quiet=not is_main)
-            val_loss, val_acc, _, _ = evaluate(model, val_loader, device, prep, amp, val_loss_fn, quiet=not is_main)
+                                         desc=f"epoch {epoch}/{args.epochs}", quiet=not is_main, ema=ema,
+                                         mixup=args.mixup, teachers=teachers, distill_weight=args.distill_weight)
+            val_loss, val_acc, _, _ = evaluate(ema.module if ema else model, val_loader, device, prep, amp,
+                                               val_loss_fn, quiet=not is_main)
             scheduler.step()
             previous_best = stopper.best
             status = stopper.step(val_loss)
