@@ -15,16 +15,16 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from . import cli
 from .cli import FERError, add_device_args
 from .device import resolve_device, set_cpu_threads
 from .models import MODEL_TYPES
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
+from .shipped import SHIPPED_MODELS_DIR
 
 # What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
 MODEL_STEMS = {"default": "fer_model", "advanced": "fer_model_advanced"}
-# The default model shipped with the repository: <repo>/models/fer_model.pth / .onnx
-SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -286,7 +286,7 @@ def add_predictor_args(parser, tta: bool = False):
     g = parser.add_argument_group("Model")
     g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
                    help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
-    g.add_argument("--checkpoint", metavar="PATH", nargs="+",
+    g.add_argument("--checkpoint", metavar="PATH", nargs="+", type=cli.existing_file,
                    help="model file (.pth or .onnx); several files make an ensemble that averages their "
                         "probabilities; default: fer_model.pth / fer_model_advanced.pth here "
                         "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")
