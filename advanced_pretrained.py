@@ -10,7 +10,8 @@ layers are untrained until the model is fine-tuned. With --checkpoint, a trained
 from pathlib import Path
 
 from fer_common.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from fer_common.cli import FERError, make_parser, run_main
+from fer_common.cli import FERError, existing_file, make_parser, output_file, path_arg, run_main
+from fer_common.files import check_output_files
 from fer_common.labels import EMOTIONS
 from fer_common.models import add_model_args, create_model, default_preprocessing, model_config_from_args, count_parameters
 from fer_common.onnx_export import export_onnx
@@ -20,18 +21,18 @@ def get_args_parser():
     parser = make_parser(__doc__)
     add_model_args(parser, "advanced")
     g = parser.add_argument_group("Input / output")
-    g.add_argument("--checkpoint", help="export this trained advanced checkpoint instead of building a fresh model")
-    g.add_argument("--output_checkpoint", default="fer_model_advanced.pth", help="checkpoint to write")
-    g.add_argument("--output_onnx", default="fer_model_advanced.onnx", help="ONNX file to write")
+    g.add_argument("--checkpoint", type=existing_file, help="export this trained advanced checkpoint instead of building a fresh model")
+    g.add_argument("--output_checkpoint", default="fer_model_advanced.pth", type=path_arg, help="checkpoint to write")
+    g.add_argument("--output_onnx", default="fer_model_advanced.onnx", type=output_file(".onnx"), help="ONNX file to write")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
 def main(args):
-    outputs = [args.output_onnx] + ([] if args.checkpoint else [args.output_checkpoint])
-    existing = [p for p in outputs if Path(p).exists() and not args.overwrite]
-    if existing:
-        raise FERError(f"{existing[0]} already exists: pass --overwrite to replace it")
+    outputs = {"--output_onnx": args.output_onnx}
+    if not args.checkpoint:
+        outputs["--output_checkpoint"] = args.output_checkpoint
+    check_output_files(outputs, args.overwrite, inputs={"--checkpoint": args.checkpoint})
     if args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint, expected_type="advanced")
         model = model_from_checkpoint(ckpt, args.checkpoint)

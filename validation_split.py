@@ -5,7 +5,7 @@
 The same seed and files always give the same split; dataset/train is never changed.
 """
 
-from fer_common.cli import make_parser, run_main
+from fer_common.cli import fraction, make_parser, path_arg, run_main, seed_int
 from fer_common.download import count_table
 from fer_common.splitting import MODES, split_dataset
 
@@ -13,11 +13,11 @@ from fer_common.splitting import MODES, split_dataset
 def get_args_parser():
     parser = make_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--dataset_path", default="dataset",
+    data.add_argument("--dataset_path", default="dataset", type=path_arg,
                       help="data set folder holding train/<class>/ (as download_dataset.py makes it)")
-    data.add_argument("--val_ratio", type=float, default=0.1,
+    data.add_argument("--val_ratio", type=fraction, default=0.1,
                       help="share of each class that goes to val_new (at least 1 image per class)")
-    data.add_argument("--seed", type=int, default=42, help="seed of the shuffle; the same seed gives the same split")
+    data.add_argument("--seed", type=seed_int, default=42, help="seed of the shuffle; the same seed gives the same split")
     out = parser.add_argument_group("Output")
     out.add_argument("--mode", choices=MODES, default="copy",
                      help="how images get into train_new/val_new: copies, hard links (no extra disk space) "

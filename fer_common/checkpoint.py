@@ -12,6 +12,8 @@
     }
 """
 
+import math
+import sys
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ import torch
 from .cli import FERError
 from .files import save_torch
 from .labels import EMOTIONS
-from .models import create_model, default_preprocessing
+from .models import MODEL_TYPES, create_model, default_preprocessing
 
 FORMAT = "fer-checkpoint"
 VERSION = 1
@@ -51,7 +53,9 @@ def load_checkpoint(path, expected_type: str | None = None) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean the same thing to the user
-        raise FERError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        why = "an empty file" if path.stat().st_size == 0 else \
+            f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        raise FERError(f"{path} is not a readable PyTorch checkpoint ({why})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         ckpt = obj
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -64,20 +68,143 @@ def load_checkpoint(path, expected_type: str | None = None) -> dict:
                 "state_dict": state_dict}
     else:
         raise FERError(f"{path} is not a FER checkpoint (no model type, class names or weights in it)")
+    check_checkpoint(ckpt, path)
     if expected_type is not None and ckpt["model_type"] != expected_type:
         raise FERError(f"{path} holds a '{ckpt['model_type']}' model, not '{expected_type}' "
                        f"(use --model_type {ckpt['model_type']})")
     return ckpt
 
 
+def check_preprocessing(prep, path) -> None:
+    """The preprocessing dict of a checkpoint or ONNX file: input size, channels, mean and std that make sense."""
+    def bad(what):
+        return FERError(f"{path}: its preprocessing is damaged ({what}): re-export the model with this toolkit")
+
+    if not isinstance(prep, dict):
+        raise bad("not a dict")
+    size, channels = prep.get("input_size"), prep.get("channels")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096 for v in size)):
+        raise bad(f"input_size {size!r} is not [H, W] between 8 and 4096")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise bad(f"channels {channels!r} is not 1 or 3")
+    for key in ("mean", "std"):
+        values = prep.get(key)
+        if not (isinstance(values, (list, tuple)) and len(values) == channels
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise bad(f"{key} {values!r} is not {channels} number(s)")
+    if any(v <= 0 for v in prep["std"]):
+        raise bad(f"std {prep['std']!r} has a value <= 0")
+
+
+def check_class_names(names, path) -> None:
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) and n for n in names)):
+        raise FERError(f"{path}: class_names {str(names)[:100]} is not a list of names")
+    if len(set(names)) != len(names):
+        raise FERError(f"{path}: class_names {list(names)} repeats a name")
+
+
+def check_checkpoint(ckpt: dict, path) -> None:
+    """Every key a checkpoint must have, of the right kind, so that a damaged file fails here, in one line,
+    naming the file and what is wrong, rather than somewhere inside the model or the training loop."""
+    missing = [k for k in ("model_type", "class_names", "preprocessing", "state_dict") if k not in ckpt]
+    if missing:
+        raise FERError(f"{path} is a damaged FER checkpoint: no {', '.join(missing)} in it")
+    if ckpt["model_type"] not in MODEL_TYPES:
+        raise FERError(f"{path}: unknown model type {str(ckpt['model_type'])[:50]!r} "
+                       f"(expected {', '.join(MODEL_TYPES)})")
+    check_class_names(ckpt["class_names"], path)
+    check_preprocessing(ckpt["preprocessing"], path)
+    state = ckpt["state_dict"]
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        raise FERError(f"{path}: state_dict holds no weights (not a dict of tensors)")
+    if not isinstance(ckpt.get("model_config", {}), dict):
+        raise FERError(f"{path}: model_config is not a dict")
+    for key in ("optimizer", "scheduler", "early_stopping", "args", "metrics"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise FERError(f"{path}: {key} is damaged (not a dict)")
+    if "epoch" in ckpt and (not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0):
+        raise FERError(f"{path}: epoch {ckpt['epoch']!r} is not a number of epochs")
+    if "history" in ckpt and not isinstance(ckpt["history"], list):
+        raise FERError(f"{path}: history is damaged (not a list)")
+
+
 def model_from_checkpoint(ckpt: dict, path="checkpoint") -> torch.nn.Module:
     """Rebuild the model from a checkpoint dict, with its weights, in eval mode."""
     config = dict(ckpt.get("model_config", {}))
     config.setdefault("num_classes", len(ckpt["class_names"]))
-    model = create_model(ckpt["model_type"], **config)
+    if config["num_classes"] != len(ckpt["class_names"]):
+        raise FERError(f"{path}: model_config says {config['num_classes']} classes, but it names "
+                       f"{len(ckpt['class_names'])} ({', '.join(map(str, ckpt['class_names']))})")
+    outputs = _classifier_outputs(ckpt["state_dict"])
+    if outputs is not None and outputs != len(ckpt["class_names"]):
+        raise FERError(f"{path}: the weights have {outputs} outputs, but the file names "
+                       f"{len(ckpt['class_names'])} classes ({', '.join(map(str, ckpt['class_names']))})")
+    try:
+        model = create_model(ckpt["model_type"], **config)
+    except (TypeError, ValueError) as e:   # a constructor argument this version does not know, or a bad value
+        raise FERError(f"{path}: its model_config {config} does not build a '{ckpt['model_type']}' model "
+                       f"({str(e).splitlines()[0][:200]})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
         raise FERError(f"{path}: weights do not fit the '{ckpt['model_type']}' model ({first[:200]})") from None
     return model.eval()
+
+
+def _classifier_outputs(state_dict) -> int | None:
+    """Rows of the last classifier layer's weight (the number of classes the weights predict), if found."""
+    weights = [k for k in state_dict if k.startswith("classifier.") and k.endswith(".weight")]
+    if not weights:
+        return None
+    tensor = state_dict[sorted(weights)[-1]]
+    return int(tensor.shape[0]) if tensor.ndim == 2 else None
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path) -> None:
+    """Load a timm or torchvision state dict of `backbone` from `path` (.pth/.pt/.bin or .safetensors), strictly:
+    every weight of the backbone must be in the file with its shape. Only the file's classifier head, which a
+    headless backbone no longer has, may be left over. Weights of another model are an error, not a warning."""
+    path = Path(path)
+    if not path.is_file():
+        raise FERError(f"pretrained weights file not found: {path}")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FERError(f"--pretrained_weights {path} is not a readable weights file "
+                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):     # training checkpoints wrap the weights
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise FERError(f"--pretrained_weights {path} holds no state dict (a dict of weight tensors)")
+    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
+    if all(k.startswith("backbone.") for k in state):            # a whole AdvancedFER's backbone part
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    own = backbone.state_dict()
+    # timm's own conversion (torchvision or original-repo key names -> timm's), as its loader would apply.
+    convert = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+    if convert is not None and any(k not in own for k in state):
+        try:
+            converted = convert(dict(state), backbone)
+            if isinstance(converted, dict) and converted:
+                state = converted
+        except Exception:   # not convertible: the checks below say what does not fit
+            pass
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    head = ("head", "fc.", "classifier", "last_linear")
+    extra = [k for k in state if k not in own and not any(h in k for h in head)]
+    if missing or wrong or extra:
+        what = (f"{len(missing)} of its {len(own)} weights are missing (e.g. {missing[0]})" if missing
+                else f"shapes differ ({wrong[0]})" if wrong else f"it has weights the backbone lacks (e.g. {extra[0]})")
+        raise FERError(f"--pretrained_weights {path} does not fit the backbone: {what}; is it the state dict of "
+                       f"this --backbone?")
+    backbone.load_state_dict({k: state[k] for k in own})

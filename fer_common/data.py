@@ -120,7 +120,9 @@ def load_into_memory(samples, size, channels: int, num_workers: int = 0, desc: s
 class MemoryLoader:
     """Batches straight from in-memory tensors: a shuffled index slice per batch, no per-image work.
 
-    With several processes (DistributedDataParallel) each rank takes its own share of every epoch's order.
+    With several processes (DistributedDataParallel) each rank takes its own share of every epoch's order,
+    padded (as DistributedSampler does, by repeating the first indices) to the same length on every rank:
+    ranks with different batch counts would wait for each other forever in the gradient all-reduce.
     """
 
     def __init__(self, images, labels, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
@@ -139,6 +141,10 @@ class MemoryLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(n)
+        if self.world_size > 1 and n % self.world_size:
+            per_rank = -(-n // self.world_size)
+            pad = per_rank * self.world_size - n
+            order = torch.cat([order, order.repeat(-(-pad // n))[:pad]])
         return order[self.rank::self.world_size]
 
     def __len__(self):

@@ -32,6 +32,7 @@ KAGGLE_DATASET = "msambare/fer2013"
 COMPLETE_MARKER = ".complete.json"
 TIMEOUT_S = 30
 CHUNK = 1 << 16
+MAX_DOWNLOAD_BYTES = 4 << 30    # FER-2013 is ~100 MB; a download past this is the wrong file, or hostile
 
 
 # ---------------------------------------------------------------- downloading
@@ -69,13 +70,37 @@ def _http_error(response: requests.Response, url: str) -> FERError:
     return FERError(f"HTTP {response.status_code} {response.reason} for {url}{hint}")
 
 
+def _validator_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_validator(part: Path) -> str | None:
+    """The ETag (or Last-Modified) the server sent with the start of `part`, kept beside it."""
+    try:
+        value = json.loads(_validator_path(part).read_text()).get("validator")
+        return value if isinstance(value, str) and value and "\n" not in value else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _stream(url: str, part: Path, auth=None) -> None:
-    """Append the rest of `url` to `part`, resuming with a Range request when part already holds a start."""
+    """Append the rest of `url` to `part`, resuming with a Range request when part already holds a start.
+
+    A resume asks for the rest only if the file is still the one whose start we have (If-Range with the
+    ETag or Last-Modified stored beside the .part); a server file that changed, or one we cannot tell
+    apart, is downloaded again from the start rather than spliced onto the old start.
+    """
     offset = part.stat().st_size if part.exists() else 0
+    validator = _read_validator(part) if offset else None
+    if offset and validator is None:
+        print(f"cannot tell whether {url} changed since {part.name} was started; downloading it again")
+        part.unlink()
+        offset = 0
     # identity: the bytes on disk must be the bytes the server counts, or Range offsets would not match.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = validator
     try:
         response = requests.get(url, headers=headers, auth=auth, stream=True, timeout=TIMEOUT_S)
     except (requests.ConnectionError, requests.Timeout) as e:
@@ -90,8 +115,17 @@ def _stream(url: str, part: Path, auth=None) -> None:
             raise _http_error(response, url)
         if offset and (response.status_code != 206
                        or not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")):
-            print(f"the server does not resume downloads; starting {part.name} again from the start")
+            print(f"the server sent the whole file (it changed, or the server does not resume downloads); "
+                  f"starting {part.name} again from the start")
             offset = 0
+        if not offset:
+            # Strong ETags only: a weak one (W/...) may not be used with If-Range.
+            etag = response.headers.get("ETag", "")
+            validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified")
+            if validator:
+                write_json(_validator_path(part), {"url": url, "validator": validator})
+            else:
+                _validator_path(part).unlink(missing_ok=True)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         with open(part, "ab" if offset else "wb") as f, \
@@ -101,6 +135,9 @@ def _stream(url: str, part: Path, auth=None) -> None:
                 for chunk in response.iter_content(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
+                    if f.tell() > MAX_DOWNLOAD_BYTES:
+                        raise FERError(f"{url} is larger than {MAX_DOWNLOAD_BYTES >> 20} MB; FER-2013 is "
+                                       f"about 100 MB: is this the right file?")
             except requests.RequestException as e:
                 raise FERError(f"download of {url} broke off after {f.tell()} bytes ({type(e).__name__}); "
                                f"run the same command again to resume it") from None
@@ -128,6 +165,17 @@ def check_sha256(path: Path, expected: str, remove: bool) -> None:
                        f"got {actual}" + (" (removed the download)" if remove else ""))
 
 
+def check_url(url: str) -> None:
+    """One line for a URL that requests would reject with an exception of its own."""
+    import argparse
+
+    from .cli import http_url
+    try:
+        http_url(url)
+    except argparse.ArgumentTypeError as e:
+        raise FERError(f"--source {e}") from None
+
+
 def url_file_name(url: str) -> str:
     name = Path(unquote(urlparse(url).path)).name
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "download"
@@ -148,10 +196,13 @@ def fetch(url: str, cache_dir, sha256: str | None = None, auth=None, name: str |
         except BaseException:
             if part.exists() and part.stat().st_size == 0:
                 part.unlink()
+            if not part.exists():
+                _validator_path(part).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 cache_dir.rmdir()  # only if empty: nothing worth resuming
             raise
         os.replace(part, final)
+        _validator_path(part).unlink(missing_ok=True)
     if sha256:
         check_sha256(final, sha256, remove=True)
     return final
@@ -182,8 +233,9 @@ def detect_format(path: Path) -> str:
     if tarfile.is_tarfile(path):
         return "tar"
     with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"\x1f\x8b" or head.lower().startswith(b"em"):
+        head = f.read(6)
+    text = head.removeprefix(b"\xef\xbb\xbf").lower()
+    if head[:2] in (b"\x1f\x8b", b"\xff\xfe", b"\xfe\xff") or text.startswith(b"em"):
         return "csv"  # import_csv reads the header and tells whether it is FER-2013's
     raise FERError(f"{path} is neither a zip, a tar nor a FER-2013 CSV")
 
@@ -211,6 +263,36 @@ def read_marker(output) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
+
+
+# What a data set made by this tool may hold besides its splits: validation_split.py's halves.
+OWN_ENTRIES = {COMPLETE_MARKER, "train_new", "val_new"}
+
+
+def foreign_entries(output: Path, marker: dict) -> list[str]:
+    """Names in `output` that neither import_dataset nor validation_split.py made."""
+    own = OWN_ENTRIES | set(marker.get("counts", {}))
+    return sorted(p.name for p in output.iterdir() if p.name not in own)
+
+
+def check_output_folder(output: Path, source: str) -> None:
+    """Refuse an --output whose replacement would delete what it must not: the current folder or one above
+    it, the home folder, the source itself or a folder holding it."""
+    if str(output).strip() in ("", ".", "..") or output.name in ("", ".", ".."):
+        raise FERError(f"--output '{output}' names the current folder or one above it: give a new folder "
+                       f"name for the data set (e.g. dataset)")
+    resolved = output.resolve()
+    here = Path.cwd().resolve()
+    if resolved == here or resolved in here.parents or resolved == Path.home().resolve() \
+            or resolved.parent == resolved:
+        raise FERError(f"--output {output} is {'the current folder' if resolved == here else 'a folder that holds the current folder, your home or /'}: "
+                       f"give a new folder for the data set (e.g. dataset)")
+    if source == "kaggle" or "://" in source:
+        return
+    src = Path(source).expanduser().resolve()
+    if src == resolved or resolved in src.parents:
+        raise FERError(f"--source {source} is inside --output {output}: importing would replace the folder "
+                       f"that holds the source; choose another --output")
 
 
 def make_temp_dir(final: Path) -> Path:
@@ -246,17 +328,31 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
     True when a complete import was found and `force` is off.
     """
     output = Path(output)
+    check_output_folder(output, source)
     marker = read_marker(output)
     if marker and not force:
         return {**marker, "already_present": True}
     if output.exists() and not output.is_dir():
         raise FERError(f"--output {output} is a file, not a folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise FERError(f"{output} exists but holds no complete import (no {COMPLETE_MARKER}); "
-                       f"use --force to replace it")
+    if output.is_dir() and any(output.iterdir()):
+        holds_files = any(not q.is_dir() for q in output.rglob("*"))
+        if not marker and not holds_files and not force:
+            raise FERError(f"{output} exists but holds no complete import (no {COMPLETE_MARKER}), only empty "
+                           f"folders; use --force to replace it")
+        if not marker and holds_files:
+            raise FERError(f"{output} exists but holds no complete import (no {COMPLETE_MARKER}): it may hold "
+                           f"your own files, so it is never replaced, not even with --force; empty it yourself "
+                           f"or choose another --output")
+        foreign = foreign_entries(output, marker) if marker else []
+        if foreign:
+            raise FERError(f"{output} holds files this tool did not make ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}): --force only replaces a data set made by "
+                           f"download_dataset.py; move them away or choose another --output")
 
     cache_dir = output.with_name(output.name + ".download")
-    downloaded = source == "kaggle" or source.startswith(("http://", "https://"))
+    downloaded = source == "kaggle" or source.lower().startswith(("http://", "https://"))
+    if downloaded and source != "kaggle":
+        check_url(source)
     if source == "kaggle":
         path = download_kaggle(cache_dir, kaggle_api, sha256)
     elif downloaded:
@@ -280,13 +376,18 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
         raise FERError(f"cannot create {output}: {e.strerror} ({e.filename})") from None
     try:
         print(f"importing {path} into {output}")
-        result = import_source(path, tmp, keep_splits)
-        marker = {"source": source, "counts": result.plain_counts(), "skipped": dict(result.skipped),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(tmp / COMPLETE_MARKER, marker)
-        replace_dir(tmp, output)
+        try:
+            result = import_source(path, tmp, keep_splits)
+            marker = {"source": source, "counts": result.plain_counts(), "skipped": dict(result.skipped),
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(tmp / COMPLETE_MARKER, marker)
+            replace_dir(tmp, output)
+        except OSError as e:   # the disk side: full, read-only, a path too long
+            raise FERError(f"cannot write the data set into {output}: {e.strerror or e}"
+                           + (f" ({e.filename})" if e.filename else "")) from None
     except FERError as e:
-        if downloaded and path.is_file():  # a download that cannot be imported would be reused forever
+        if downloaded and path.is_file() and "cannot write" not in str(e):
+            # a download that cannot be imported would be reused forever
             path.unlink()
             with contextlib.suppress(OSError):
                 cache_dir.rmdir()
@@ -295,7 +396,10 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if downloaded:
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        # Only what fetch() put there: the folder may hold files of the user's.
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            cache_dir.rmdir()
     return {**marker, "already_present": False}
 
 

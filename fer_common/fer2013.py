@@ -12,6 +12,8 @@ entries it skipped. Choosing the source and making the result appear atomically 
 import csv
 import gzip
 import io
+import itertools
+import lzma
 import shutil
 import tarfile
 import zipfile
@@ -39,6 +41,11 @@ SPLIT_ORDER = ("train", "test", "public_test", "private_test", "train_new", "val
 
 # Folders that archivers add and that are never part of a data set.
 JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
+
+# Decompression bombs: FER-2013 unpacks to ~60 MB of JPEGs or a 290 MB CSV, each image a few kB.
+MAX_TOTAL_BYTES = 4 << 30        # everything an archive or a .gz may unpack to
+MAX_ENTRY_BYTES = 64 << 20       # one image
+MAX_RATIO = 200                  # unpacked / packed size of a whole archive or .gz (JPEGs barely compress)
 
 
 class ImportResult:
@@ -139,11 +146,43 @@ def _target(dest: Path, split: str, emotion: str, name: str) -> Path:
     return folder / name
 
 
+def unique_names(plan: list[tuple[str, str, str, str]], result: ImportResult) -> list[tuple[str, str, str, str]]:
+    """Rename entries whose target would collide with another's when case is ignored (train/angry/a.jpg and
+    train/Angry/A.JPG both become train/Angry/...): on a case-blind disk, or after folding the class
+    names, one would silently replace the other. The second becomes name_2.jpg, and is counted."""
+    seen, out = set(), []
+    for entry, split, emotion, name in plan:
+        key = f"{split}/{emotion}/{name}".casefold()
+        if key in seen:
+            stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+            k = 2
+            while f"{split}/{emotion}/{stem}_{k}{suffix}".casefold() in seen:
+                k += 1
+            name = f"{stem}_{k}{suffix}"
+            key = f"{split}/{emotion}/{name}".casefold()
+            result.skipped["files renamed (names that collide when case is ignored) and kept"] += 1
+        seen.add(key)
+        out.append((entry, split, emotion, name))
+    return out
+
+
+def check_unpacked_size(sizes: list[int], packed: int, src: Path) -> None:
+    """Refuse an archive whose entries claim more bytes than any FER-2013 could (a decompression bomb)."""
+    total = sum(sizes)
+    if sizes and max(sizes) > MAX_ENTRY_BYTES:
+        raise FERError(f"{src} has an image entry of {max(sizes) >> 20} MB (more than {MAX_ENTRY_BYTES >> 20} MB): "
+                       f"not FER-2013, or a decompression bomb")
+    if total > MAX_TOTAL_BYTES or total > MAX_RATIO * max(packed, 1 << 20):
+        raise FERError(f"{src} would unpack to {total >> 20} MB from {packed >> 20} MB (more than "
+                       f"{MAX_TOTAL_BYTES >> 20} MB or {MAX_RATIO}x): not FER-2013, or a decompression bomb")
+
+
 def import_folder(src: Path, dest: Path) -> ImportResult:
     """Copy a Kaggle-layout folder's images byte for byte into dest/<split>/<Class>/."""
     result = ImportResult()
     paths = [p.relative_to(src).as_posix() for p in sorted(src.rglob("*")) if p.is_file()]
-    for rel, split, emotion, name in tqdm(plan_layout(paths, str(src), result), desc="copying", unit="img"):
+    plan = unique_names(plan_layout(paths, str(src), result), result)
+    for rel, split, emotion, name in tqdm(plan, desc="copying", unit="img"):
         shutil.copyfile(src / rel, _target(dest, split, emotion, name))
         result.add(split, emotion)
     return result
@@ -154,15 +193,26 @@ def import_zip(src: Path, dest: Path) -> ImportResult:
     result = ImportResult()
     try:
         with zipfile.ZipFile(src) as zf:
-            paths = [i.filename for i in zf.infolist() if not i.is_dir()]
-            for member, split, emotion, name in tqdm(plan_layout(paths, str(src), result),
-                                                     desc="extracting", unit="img"):
+            infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
+            plan = unique_names(plan_layout(list(infos), str(src), result), result)
+            check_unpacked_size([infos[m].file_size for m, *_ in plan], src.stat().st_size, src)
+            for member, split, emotion, name in tqdm(plan, desc="extracting", unit="img"):
                 # Target paths are rebuilt from checked parts, so a hostile member name cannot escape dest.
-                with zf.open(member) as fin, open(_target(dest, split, emotion, name), "wb") as fout:
+                try:
+                    fin = zf.open(infos[member])
+                except NotImplementedError as e:     # a compression method the zip module lacks
+                    raise FERError(f"{src}: cannot unpack {member} ({e}); re-zip it with plain deflate") from None
+                except RuntimeError as e:            # encrypted
+                    raise FERError(f"{src}: cannot unpack {member} ({e})") from None
+                with fin, open(_target(dest, split, emotion, name), "wb") as fout:
                     shutil.copyfileobj(fin, fout)
                 result.add(split, emotion)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError) as e:
         raise FERError(f"{src} is a corrupt zip file ({e}); download it again") from None
+    except OSError as e:
+        if e.errno is None:   # bz2's "Invalid data stream"; a full disk has an errno
+            raise FERError(f"{src} is a corrupt zip file ({e}); download it again") from None
+        raise
     return result
 
 
@@ -173,25 +223,73 @@ def import_tar(src: Path, dest: Path) -> ImportResult:
         with tarfile.open(src, "r:*") as tf:
             # Only regular files: links in an archive could point outside dest.
             members = {m.name: m for m in tf.getmembers() if m.isfile()}
-            for member, split, emotion, name in tqdm(plan_layout(list(members), str(src), result),
-                                                     desc="extracting", unit="img"):
+            plan = unique_names(plan_layout(list(members), str(src), result), result)
+            check_unpacked_size([members[m].size for m, *_ in plan], src.stat().st_size, src)
+            for member, split, emotion, name in tqdm(plan, desc="extracting", unit="img"):
                 with tf.extractfile(members[member]) as fin, \
                         open(_target(dest, split, emotion, name), "wb") as fout:
                     shutil.copyfileobj(fin, fout)
                 result.add(split, emotion)
-    except (tarfile.TarError, zlib.error, EOFError) as e:
+    except (tarfile.TarError, zlib.error, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
         raise FERError(f"{src} is a corrupt tar file ({e}); download it again") from None
+    except OSError as e:
+        if e.errno is None:   # bz2's "Invalid data stream"; a full disk has an errno
+            raise FERError(f"{src} is a corrupt tar file ({e}); download it again") from None
+        raise
     return result
 
 
 # ---------------------------------------------------------------- the original CSV
 
+class _LimitedReader(io.RawIOBase):
+    """A binary stream that refuses to yield more than `limit` bytes (a .gz that unpacks to gigabytes)."""
+
+    def __init__(self, raw, limit: int, src: Path):
+        self.raw, self.limit, self.src, self.count = raw, limit, src, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.raw.read(len(buffer))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise FERError(f"{self.src} unpacks to more than {self.limit >> 20} MB: not FER-2013 "
+                           f"(290 MB), or a decompression bomb")
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+def _encoding(head: bytes) -> str:
+    """The text encoding spreadsheet programs write: UTF-16 (with its BOM), UTF-8 with or without a BOM."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    return "utf-8-sig"
+
+
 def _open_text(src: Path):
     with open(src, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     if gzipped:
-        return io.TextIOWrapper(gzip.open(src, "rb"), encoding="utf-8", newline="")
-    return open(src, encoding="utf-8", newline="")
+        packed = src.stat().st_size
+        limit = min(MAX_TOTAL_BYTES, MAX_RATIO * max(packed, 1 << 20))
+        raw = _LimitedReader(gzip.open(src, "rb"), limit, src)
+        stream = io.BufferedReader(raw)
+    else:
+        stream = open(src, "rb")
+    encoding = _encoding(stream.peek(4)[:4])
+    return io.TextIOWrapper(stream, encoding=encoding, newline="")
+
+
+def _delimiter(header_line: str) -> str:
+    """',' as FER-2013 has it, or the ';' or tab a spreadsheet program in many locales saves with."""
+    counts = {d: header_line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
 
 
 def parse_pixels(text: str) -> np.ndarray | None:
@@ -207,9 +305,12 @@ def parse_pixels(text: str) -> np.ndarray | None:
 
 def parse_label(text: str) -> str | None:
     try:
-        index = int(text)
+        value = float(text)          # "3", " 3 " or a spreadsheet's "3.0"
     except ValueError:
         return None
+    if not value.is_integer():
+        return None
+    index = int(value)
     return EMOTIONS[index] if 0 <= index < len(EMOTIONS) else None
 
 
@@ -223,7 +324,8 @@ def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult
     result = ImportResult()
     try:
         with _open_text(src) as f:
-            reader = csv.reader(f)
+            first = f.readline()
+            reader = csv.reader(itertools.chain([first] if first else [], f), delimiter=_delimiter(first))
             header = next(reader, None)
             columns = {name.strip().lower(): i for i, name in enumerate(header or [])}
             if header is None or any(c.lower() not in columns for c in CSV_COLUMNS):
@@ -251,7 +353,7 @@ def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult
                 if not cv2.imwrite(str(path), image):
                     raise OSError(f"could not write {path}")
                 result.add(splits[usage], emotion)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as e:
+    except (UnicodeError, gzip.BadGzipFile, EOFError, csv.Error, zlib.error) as e:
         raise FERError(f"{src} is not a readable FER-2013 CSV ({type(e).__name__}: {e})") from None
     if result.total() == 0:
         raise FERError(f"{src} has no valid FER-2013 rows ({sum(result.skipped.values())} rows skipped)")

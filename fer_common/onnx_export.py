@@ -26,11 +26,12 @@ class _Outputs(torch.nn.Module):
 
 
 def export_onnx(model: torch.nn.Module, path, model_type: str, class_names, preprocessing: dict,
-                opset: int = 18, batch_size: int = 2, verbose: bool = True) -> float:
+                opset: int = 18, batch_size: int = 2, verbose: bool = True, calibration: dict | None = None) -> float:
     """Export `model` to ONNX at `path` and check it against PyTorch; returns the max |logits| difference.
 
     Input `input` is N x C x H x W with a dynamic batch; outputs are `logits` and `embedding`.
-    Class names, preprocessing and model type go into the file's metadata so the file stands alone.
+    Class names, preprocessing, model type and calibration (the fitted temperature) go into the file's
+    metadata so the file stands alone.
     The file only appears at `path` once ONNX Runtime agrees with PyTorch within 1e-4.
     """
     import onnx
@@ -46,6 +47,8 @@ def export_onnx(model: torch.nn.Module, path, model_type: str, class_names, prep
         proto = onnx.load(str(tmp))
         meta = {"model_type": model_type, "class_names": json.dumps(list(class_names)),
                 "preprocessing": json.dumps(preprocessing), "producer": "fer_common"}
+        if calibration:
+            meta["calibration"] = json.dumps(calibration)
         del proto.metadata_props[:]
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
@@ -94,5 +97,45 @@ def read_onnx_metadata(path) -> dict:
     meta = {p.key: p.value for p in proto.metadata_props}
     if "class_names" not in meta or "preprocessing" not in meta:
         raise FERError(f"{path} has no FER metadata (class names, preprocessing): export it with this toolkit")
-    return {"model_type": meta.get("model_type"), "class_names": json.loads(meta["class_names"]),
-            "preprocessing": json.loads(meta["preprocessing"])}
+    from .checkpoint import check_class_names, check_preprocessing
+    from .models import MODEL_TYPES
+
+    info = {"model_type": meta.get("model_type"), "calibration": None}
+    for key in ("class_names", "preprocessing", "calibration"):
+        if key in meta:
+            try:
+                info[key] = json.loads(meta[key])
+            except ValueError as e:
+                raise FERError(f"{path}: its {key} metadata is not valid JSON ({e})") from None
+    if info["model_type"] not in MODEL_TYPES:
+        raise FERError(f"{path}: its model_type metadata {str(info['model_type'])[:50]!r} is not one of "
+                       f"{', '.join(MODEL_TYPES)}")
+    check_class_names(info["class_names"], path)
+    check_preprocessing(info["preprocessing"], path)
+    check_graph(proto, path, info)
+    return info
+
+
+def _dims(value_info) -> list:
+    """A graph input's or output's shape: ints for fixed sizes, None for dynamic ones."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_graph(proto, path, info: dict) -> None:
+    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding."""
+    inputs = {i.name: i for i in proto.graph.input}
+    outputs = {o.name: o for o in proto.graph.output}
+    if "input" not in inputs or "logits" not in outputs or "embedding" not in outputs:
+        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
+                       f"not input / logits, embedding: export it with this toolkit")
+    shape = _dims(inputs["input"])
+    prep = info["preprocessing"]
+    expected = [prep["channels"], *prep["input_size"]]
+    if len(shape) != 4 or any(d is not None and d != e for d, e in zip(shape[1:], expected)):
+        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
+                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
+    logits = _dims(outputs["logits"])
+    n = len(info["class_names"])
+    if len(logits) != 2 or (logits[1] is not None and logits[1] != n):
+        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
+                       f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")

@@ -18,6 +18,13 @@ DEFAULT_PREPROCESSING = {"input_size": [48, 48], "channels": 1, "mean": [0.5], "
 ADVANCED_PREPROCESSING = {"input_size": [224, 224], "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
+def image_size_ok(data) -> bool:
+    from .files import MAX_IMAGE_PIXELS, image_header_size
+
+    size = image_header_size(data)
+    return size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS
+
+
 def read_image(path, channels: int) -> np.ndarray | None:
     """Decode an image file as uint8 HxW (channels=1) or HxWx3 RGB (channels=3); None if unreadable."""
     # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
@@ -26,7 +33,12 @@ def read_image(path, channels: int) -> np.ndarray | None:
     except OSError:
         return None
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, flag) if data.size else None
+    if not data.size or not image_size_ok(data):
+        return None     # empty, or a header claiming gigapixels: decoding it could exhaust memory
+    try:
+        image = cv2.imdecode(data, flag)
+    except cv2.error:   # OpenCV raises, rather than returning None, for some damaged files
+        return None
     if image is not None and channels == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image

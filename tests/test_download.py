@@ -268,9 +268,41 @@ def test_complete_dataset_is_reported_not_redone_and_force_redoes_it(tmp_path, k
 
 def test_existing_folder_without_marker_is_not_overwritten(tmp_path, kaggle_zip):
     (tmp_path / "dataset" / "train").mkdir(parents=True)
-    with pytest.raises(FERError, match="holds no complete import .no .complete.json.; use --force"):
+    with pytest.raises(FERError, match="holds no complete import .no .complete.json., only empty folders; use --force"):
         import_dataset(str(kaggle_zip), tmp_path / "dataset")
     assert import_dataset(str(kaggle_zip), tmp_path / "dataset", force=True)["counts"] == expected_kaggle_counts()
+
+
+def test_force_never_deletes_files_this_tool_did_not_make(tmp_path, kaggle_zip, capsys):
+    own = tmp_path / "own"
+    own.mkdir()
+    source = own / "archive.zip"
+    source.write_bytes(kaggle_zip.read_bytes())
+    (own / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["--source", str(source), "--output", str(own), "--force"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "inside --output" in err
+    assert sorted(p.name for p in own.iterdir()) == ["archive.zip", "notes.txt"]
+    # a folder of the user's, without the marker: refused even with --force
+    code, _, err = run_cli(["--source", str(kaggle_zip), "--output", str(own), "--force"], capsys)
+    assert code == 1 and "never replaced, not even with --force" in err
+    assert (own / "notes.txt").read_text() == "mine"
+    # a complete data set with a foreign file added: --force refuses, and names the file
+    out = tmp_path / "dataset"
+    import_dataset(str(kaggle_zip), out)
+    (out / "my_results.csv").write_text("keep me")
+    code, _, err = run_cli(["--source", str(kaggle_zip), "--output", str(out), "--force"], capsys)
+    assert code == 1 and "my_results.csv" in err and (out / "my_results.csv").exists()
+
+
+@pytest.mark.parametrize("output", [".", "..", "", "./"])
+def test_output_that_is_the_current_folder_or_above_is_refused(tmp_path, kaggle_zip, monkeypatch, capsys, output):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(["--source", str(kaggle_zip), "--output", output, "--force"], capsys)
+    assert code in (1, 2) and "Traceback" not in err and err.strip()
+    assert (work / "keep.txt").exists() and (tmp_path / "fer2013.zip").exists()
 
 
 def interrupt_after(monkeypatch, n: int):
@@ -337,11 +369,13 @@ def test_broken_download_resumes_with_a_range_request(tmp_path, kaggle_zip):
         if len(ranges) == 1:  # promise everything, send half, hang up
             h.send_response(200)
             h.send_header("Content-Length", str(len(data)))
+            h.send_header("ETag", '"v1"')
             h.end_headers()
             h.wfile.write(data[:half])
             h.wfile.flush()
             h.close_connection = True
             return
+        assert h.headers["If-Range"] == '"v1"'
         start = int(h.headers["Range"].removeprefix("bytes=").removesuffix("-"))
         send(h, data[start:], 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
 
@@ -355,6 +389,37 @@ def test_broken_download_resumes_with_a_range_request(tmp_path, kaggle_zip):
         info = import_dataset(url, tmp_path / "dataset", sha256=hashlib.sha256(data).hexdigest())
     assert ranges == [None, f"bytes={kept}-"]
     assert info["counts"] == expected_kaggle_counts()
+
+
+def half_download(tmp_path, data: bytes, etag: str | None):
+    """A .part holding the first half of `data`, as a broken download of a file with `etag` leaves it."""
+    cache = tmp_path / "dataset.download"
+    cache.mkdir()
+    (cache / "fer2013.zip.part").write_bytes(data[:len(data) // 2])
+    if etag:
+        (cache / "fer2013.zip.part.json").write_text(json.dumps({"validator": etag}))
+    return cache
+
+
+@pytest.mark.parametrize("stored", ['"old"', None])
+def test_resume_of_a_file_that_changed_on_the_server_starts_again(tmp_path, kaggle_zip, stored):
+    old = np.random.default_rng(1).bytes(len(kaggle_zip.read_bytes()))      # what the server had before
+    data = kaggle_zip.read_bytes()
+    half_download(tmp_path, old, stored)
+    seen = []
+
+    def handle(h):
+        seen.append((h.headers.get("Range"), h.headers.get("If-Range")))
+        if h.headers.get("Range") and h.headers.get("If-Range") == '"new"':
+            raise AssertionError("the stored validator is the old one")
+        send(h, data, 200, {"ETag": '"new"'})     # If-Range did not match: the whole new file
+
+    with serve(handle) as base:
+        info = import_dataset(f"{base}/fer2013.zip", tmp_path / "dataset")
+    assert info["counts"] == expected_kaggle_counts()
+    # with a stored ETag the server is asked "the rest, if unchanged"; without one the download restarts
+    assert seen == ([("bytes=" + str(len(old) // 2) + "-", '"old"')] if stored else [(None, None)])
+    assert not (tmp_path / "dataset.download").exists()
 
 
 def test_server_that_ignores_range_restarts_from_zero(tmp_path, kaggle_zip):
@@ -485,3 +550,99 @@ def test_script_as_a_user_runs_it(tmp_path, kaggle_zip):
     assert done.stdout.splitlines()[-1].split() == ["total", "14", "7"]
     assert (tmp_path / "ds" / COMPLETE_MARKER).is_file()
     assert download.read_marker(tmp_path / "ds")["counts"] == expected_kaggle_counts()
+
+
+# ---------------------------------------------------------------- hostile and odd inputs (issue 11)
+
+def one_error(err: str) -> bool:
+    """One `error:` line and no traceback (progress bars may come before it)."""
+    return "Traceback" not in err and len([l for l in err.splitlines() if "error:" in l]) == 1
+
+
+
+def test_zip_entry_with_unsupported_compression_or_bad_crc_is_one_line(tmp_path, kaggle_zip, capsys):
+    data = bytearray(kaggle_zip.read_bytes())
+    # compression method 99 (AES, which the zip module cannot read) in every local and central header
+    odd = bytearray(data)
+    for sig, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = 0
+        while (i := odd.find(sig, start)) >= 0:
+            odd[i + offset:i + offset + 2] = (99).to_bytes(2, "little")
+            start = i + 4
+    (tmp_path / "odd.zip").write_bytes(bytes(odd))
+    code, _, err = run_cli(["--source", str(tmp_path / "odd.zip"), "--output", str(tmp_path / "a")], capsys)
+    assert code == 1 and one_error(err) and "odd.zip" in err
+    # a flipped byte in a stored image: bad CRC
+    bad = bytearray(data)
+    i = bad.find(b"jpeg train angry 0")
+    bad[i] ^= 0xFF
+    (tmp_path / "crc.zip").write_bytes(bytes(bad))
+    code, _, err = run_cli(["--source", str(tmp_path / "crc.zip"), "--output", str(tmp_path / "b")], capsys)
+    assert code == 1 and "corrupt zip" in err and one_error(err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_names_that_collide_when_case_is_ignored_are_all_kept(tmp_path, capsys):
+    folder = make_kaggle_folder(tmp_path / "kaggle")
+    (folder / "train" / "Angry").mkdir()                     # a second spelling of the class
+    (folder / "train" / "Angry" / "Training_angry0.jpg").write_bytes(b"another image")
+    (folder / "train" / "Angry" / "TRAINING_ANGRY1.JPG").write_bytes(b"and another")
+    z = zip_folder(folder, tmp_path / "k.zip")
+    code, _, err = run_cli(["--source", str(z), "--output", str(tmp_path / "dataset")], capsys)
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "dataset" / "train" / "Angry").iterdir())
+    assert len(files) == 4 and len({f.lower() for f in files}) == 4
+    assert "2 files renamed" in err
+
+
+def test_csv_as_spreadsheet_programs_save_it(tmp_path):
+    rows = [[label, pixels(label), "Training"] for label in range(7)] + [["3.0", pixels(9), "PublicTest"]]
+    text = "\r\n".join(["emotion;pixels;Usage"] + [f"{a};{b};{c}" for a, b, c in rows]) + "\r\n"
+    for name, data in (("bom.csv", "\ufeff".encode() + text.encode()), ("utf16.csv", text.encode("utf-16")),
+                       ("bom_noext", "\ufeff".encode() + text.encode())):
+        info = import_dataset(str(tmp_path / name) if (tmp_path / name).write_bytes(data) else "", tmp_path / f"out_{name}")
+        assert info["counts"]["train"] == {e: 1 for e in EMOTIONS}, name
+        assert info["counts"]["test"]["Happy"] == 1, name
+
+
+def test_corrupt_gz_and_values_out_of_range(tmp_path):
+    good = gzip.compress(write_csv(tmp_path / "f.csv", fer_rows()).read_bytes())
+    (tmp_path / "bad.csv.gz").write_bytes(good[:len(good) // 2] + b"\x00" * 64 + good[len(good) // 2 + 64:])
+    with pytest.raises(FERError, match="bad.csv.gz is not a readable FER-2013 CSV"):
+        import_dataset(str(tmp_path / "bad.csv.gz"), tmp_path / "out")
+    info = import_dataset(str(tmp_path / "f.csv"), tmp_path / "ok")
+    assert info["skipped"]["rows with a bad pixel count or value"] == 2 and info["skipped"]["rows with a bad label"] == 2
+
+
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(fer2013, "MAX_RATIO", 2)
+    monkeypatch.setattr(fer2013, "MAX_TOTAL_BYTES", 1 << 20)
+    (tmp_path / "zeros.csv.gz").write_bytes(gzip.compress(b"emotion,pixels,Usage\n" + b"0," * (3 << 20)))
+    with pytest.raises(FERError, match="decompression bomb"):
+        import_dataset(str(tmp_path / "zeros.csv.gz"), tmp_path / "a")
+    folder = make_kaggle_folder(tmp_path / "kaggle")
+    (folder / "train" / "angry" / "big.png").write_bytes(b"\0" * (2 << 20))
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.rglob("*")):
+            zf.write(f, f.relative_to(folder).as_posix())
+    with pytest.raises(FERError, match="decompression bomb"):
+        import_dataset(str(tmp_path / "bomb.zip"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://", "http://host:99999/x.zip", "http://exa mple.com/x.zip"])
+def test_malformed_urls_are_one_line(tmp_path, url, capsys):
+    code, _, err = run_cli(["--source", url, "--output", str(tmp_path / "d")], capsys)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "--source" in err
+    with pytest.raises(FERError, match="URL"):
+        import_dataset(url, tmp_path / "d")
+
+
+def test_download_cache_folder_keeps_files_it_did_not_make(tmp_path, kaggle_zip):
+    data = kaggle_zip.read_bytes()
+    (tmp_path / "dataset.download").mkdir()
+    (tmp_path / "dataset.download" / "mine.txt").write_text("keep")
+    with serve(lambda h: send(h, data)) as base:
+        import_dataset(f"{base}/fer2013.zip", tmp_path / "dataset")
+    assert (tmp_path / "dataset.download" / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / "dataset.download" / "fer2013.zip").exists()

@@ -14,7 +14,7 @@ def _parity(model, path, model_type, prep, batch=3):
     diff = export_onnx(model, path, model_type, sorted(EMOTIONS), prep, verbose=False)
     assert diff <= 1e-4
     meta = read_onnx_metadata(path)
-    assert meta == {"model_type": model_type, "class_names": sorted(EMOTIONS), "preprocessing": prep}
+    assert meta == {"model_type": model_type, "class_names": sorted(EMOTIONS), "preprocessing": prep, "calibration": None}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
     assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]

@@ -11,6 +11,7 @@ from fer_common.data import MemoryLoader, list_samples, load_into_memory
 from fer_common.device import grad_scaler
 from fer_common.labels import EMOTIONS
 from fer_common.models import FERNet, default_preprocessing
+from fer_common.onnx_export import read_onnx_metadata
 from fer_common.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
 from fer_common.training import ModelEma, Teachers, distillation_loss, evaluate, mix_batch, train_one_epoch
 from helpers_models import PERMUTED, save_default
@@ -111,6 +112,9 @@ def test_fine_tuning_with_ema_and_teachers_as_typed(tiny_data, tmp_path):
     last = load_checkpoint(tmp_path / "teacher.last.pth")
     best = load_checkpoint(teacher)
     assert "ema" in last and "ema" not in best
+    # calibrated at the end on the validation split: in the checkpoint and in the ONNX metadata
+    assert "calibration: temperature" in r.stdout
+    assert best["calibration"]["temperature"] == read_onnx_metadata(tmp_path / "teacher.onnx")["calibration"]["temperature"]
     # the best file holds the validated (EMA) weights, not the live ones
     epoch_ema = last["ema"]["weights"]
     if best["epoch"] == last["epoch"]:

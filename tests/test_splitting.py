@@ -110,12 +110,16 @@ def test_missing_train_says_to_download_first(tmp_path, capsys):
     assert "train not found: run download_dataset.py first" in err
 
 
-@pytest.mark.parametrize("argv, message", [(["--val_ratio", "1.5"], "--val_ratio must be between 0 and 1"),
-                                           (["--val_ratio", "0"], "--val_ratio must be between 0 and 1")])
-def test_bad_ratio(tmp_path, capsys, argv, message):
+@pytest.mark.parametrize("argv, message", [(["--val_ratio", "1.5"], "argument --val_ratio: must be a finite number > 0 and < 1, got '1.5'"),
+                                           (["--val_ratio", "0"], "argument --val_ratio: must be a finite number > 0"),
+                                           (["--val_ratio", "nan"], "argument --val_ratio: must be a finite"),
+                                           (["--seed", "-1"], "argument --seed: must be an integer from 0"),
+                                           (["--seed", "1e3"], "argument --seed: must be an integer, got '1e3'"),
+                                           (["--dataset_path", ""], "argument --dataset_path: must be a path")])
+def test_bad_flag_values_are_one_line_naming_the_flag(tmp_path, capsys, argv, message):
     root = make_train(tmp_path / "dataset")
     code, _, err = run_cli(["--dataset_path", str(root)] + argv, capsys)
-    assert code == 1 and message in err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and message in err
 
 
 def test_unknown_class_folder(tmp_path):

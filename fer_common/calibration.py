@@ -1,0 +1,187 @@
+"""Honest confidence: temperature scaling, the expected calibration error, and the reliability diagram.
+
+A network trained with cross-entropy is usually over-confident: of the faces it calls "Happy, 90%", fewer
+than 90% are happy. Temperature scaling (Guo et al., ICML 2017) divides the logits by one number T, fitted
+on the validation split, so that the probabilities users see match how often the model is right. The top
+emotion never changes (dividing by T keeps the order of the logits).
+
+    T = fit_temperature(val_logits, val_labels)        # stored in the checkpoint and the ONNX metadata
+    probabilities = softmax(logits / T)                 # what the Predictor returns
+"""
+
+import cv2
+import numpy as np
+import torch
+
+from .files import atomic_path
+
+BINS = 15
+
+
+def fit_temperature(logits, labels, max_iter: int = 100) -> float:
+    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) on (logits, labels)."""
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(labels) == 0:
+        return 1.0
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)   # optimise log T: T stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    t = float(log_t.detach().exp())
+    return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
+
+
+def calibration_bins(probabilities, labels, bins: int = BINS):
+    """Per confidence bin (equal width on [0, 1]): (count, mean confidence, accuracy) of the top prediction."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=bins)
+    safe = np.maximum(count, 1)
+    return count, conf_sum / safe, acc_sum / safe
+
+
+def expected_calibration_error(probabilities, labels, bins: int = BINS) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over confidence bins weighted by their size."""
+    count, confidence, accuracy = calibration_bins(probabilities, labels, bins)
+    return float((count * np.abs(confidence - accuracy)).sum() / max(count.sum(), 1))
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: int = BINS) -> None:
+    """Save a reliability diagram as a PNG: accuracy per confidence bin for each named set of probabilities.
+
+    curves: {"before": probabilities, "after": probabilities, ...}; a calibrated model follows the diagonal.
+    """
+    size, left, top, bottom = 420, 70, 60 if title else 30, 70
+    width, height = left + size + 30, top + size + bottom + 22 * len(curves)
+    image = np.full((height, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+
+    def point(conf, acc):
+        return int(left + conf * size), int(top + (1 - acc) * size)
+
+    for k in range(0, 11, 2):
+        v = k / 10
+        cv2.line(image, point(v, 0), point(v, 1), (230, 230, 230), 1)
+        cv2.line(image, point(0, v), point(1, v), (230, 230, 230), 1)
+        cv2.putText(image, f"{v:.1f}", (point(v, 0)[0] - 10, top + size + 18), font, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(image, f"{v:.1f}", (left - 32, point(0, v)[1] + 4), font, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.line(image, point(0, 0), point(1, 1), (150, 150, 150), 1, cv2.LINE_AA)            # perfect calibration
+    cv2.rectangle(image, point(0, 1), point(1, 0), (0, 0, 0), 1)
+    colours = [(60, 60, 220), (200, 120, 30), (40, 160, 40), (160, 40, 160)]              # BGR: red, blue, green, purple
+    for i, (name, probabilities) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        count, confidence, accuracy = calibration_bins(probabilities, labels, bins)
+        pts = [point(c, a) for n, c, a in zip(count, confidence, accuracy) if n > 0]
+        for p, q in zip(pts, pts[1:]):
+            cv2.line(image, p, q, colour, 2, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(image, p, 4, colour, -1, cv2.LINE_AA)
+        ece = expected_calibration_error(probabilities, labels, bins)
+        y = top + size + 50 + 22 * i
+        cv2.line(image, (left, y - 4), (left + 24, y - 4), colour, 2, cv2.LINE_AA)
+        cv2.putText(image, f"{name}: ECE {ece * 100:.2f}%", (left + 32, y), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "confidence of the top emotion", (left + size // 2 - 110, top + size + 36), font, 0.45,
+                (80, 80, 80), 1, cv2.LINE_AA)
+    cv2.putText(image, "accuracy", (4, top - 10), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
+    if title:
+        cv2.putText(image, title, (8, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"could not write {path}")
+
+
+# ---------------------------------------------------------------------------- calibrating a trained model file
+
+def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size: int = 512) -> dict:
+    """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .cli import FERError
+    from .data import list_samples
+    from .files import check_writable
+    from .predictor import Predictor
+    from .preprocess import read_image
+
+    model_path, output = Path(model_path), Path(output)
+    check_writable(output, "calibrated model", overwrite=overwrite)
+    if output.suffix.lower() != model_path.suffix.lower():
+        raise FERError(f"{output} must have the same extension as {model_path}")
+    predictor = Predictor(model_path, device="cpu")
+    samples, folder_classes = list_samples(data)
+    to_model = [predictor.class_names.index(c) for c in folder_classes]
+    logits, labels = [], []
+    for start in range(0, len(samples), batch_size):
+        batch = [(read_image(p, predictor.preprocessing["channels"]), y) for p, y in samples[start:start + batch_size]]
+        batch = [(im, y) for im, y in batch if im is not None]
+        if batch:
+            raw = predictor.predict([im for im, _ in batch], bgr=False, temperature=1.0).probabilities
+            logits.append(np.log(np.maximum(raw, 1e-12)))   # log-probabilities: logits up to a shift per row
+            labels += [to_model[y] for _, y in batch]
+    if not labels:
+        raise FERError(f"no readable images in {data}")
+    logits, labels = np.concatenate(logits), np.asarray(labels)
+    temperature = fit_temperature(logits, labels)
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits, temperature), labels)
+    if after > before:
+        temperature, after = 1.0, before
+    result = {"temperature": temperature, "fitted_on": str(data), "images": int(len(labels)),
+              "ece_before": before, "ece_after": after}
+    if model_path.suffix.lower() == ".onnx":
+        import onnx
+        proto = onnx.load(str(model_path))
+        props = {p.key: p.value for p in proto.metadata_props}
+        props["calibration"] = json.dumps(result)
+        del proto.metadata_props[:]
+        for key, value in props.items():
+            proto.metadata_props.add(key=key, value=value)
+        with atomic_path(output, suffix=".onnx") as tmp:
+            onnx.save(proto, str(tmp))
+    else:
+        ckpt = load_checkpoint(model_path)
+        ckpt["calibration"] = result
+        save_checkpoint(ckpt, output)
+    return result
+
+
+def main(argv=None):
+    from .cli import make_parser, run_main
+
+    parser = make_parser("Fit a trained model's temperature on a folder data set (its validation split) and save it.\n\n"
+                         "    python -m fer_common.calibration fer_model.pth --data dataset/val_new "
+                         "--output fer_model.calibrated.pth")
+    parser.add_argument("model", help="a .pth checkpoint or .onnx file of this toolkit")
+    parser.add_argument("--data", default="dataset/val_new", help="folder with one sub-folder of images per class")
+    parser.add_argument("--output", required=True, help="where the calibrated model goes (same extension)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (it may be the model)")
+
+    def run(args):
+        r = calibrate_file(args.model, args.data, args.output, args.overwrite)
+        print(f"temperature {r['temperature']:.3f} on {r['images']} images of {args.data}: expected calibration "
+              f"error {r['ece_before'] * 100:.2f}% -> {r['ece_after'] * 100:.2f}%; saved {args.output}")
+
+    run_main(run, parser, argv)
+
+
+if __name__ == "__main__":
+    main()
