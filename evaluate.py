@@ -2,8 +2,9 @@
 
     python evaluate.py --data dataset/test
 
-Prints overall accuracy, macro F1 and per-class precision / recall / F1, and writes the confusion matrix
-as a picture (confusion_matrix.png) and everything as JSON (metrics.json) into --output_dir.
+Prints overall accuracy, macro F1, per-class precision / recall / F1 and the expected calibration error,
+and writes the confusion matrix (confusion_matrix.png), the reliability diagram (reliability.png) and
+everything as JSON (metrics.json) into --output_dir.
 Images are classified whole (no face detection): the data set's images are already face crops.
 """
 
@@ -12,61 +13,88 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fer_common.cli import FERError, make_parser, run_main
+from fer_common.bulk import iter_results
+from fer_common.calibration import draw_reliability_diagram, expected_calibration_error
+from fer_common.cli import FERError, int_range, make_parser, path_arg, run_main
 from fer_common.data import list_samples
-from fer_common.files import write_json
+from fer_common.files import check_writable, write_json
 from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
 from fer_common.predictor import add_predictor_args, predictor_from_args
-from fer_common.preprocess import read_image
 
 
 def get_args_parser():
     parser = make_parser(__doc__)
     g = parser.add_argument_group("Data")
-    g.add_argument("--data", default="dataset/test", help="folder with one sub-folder of images per emotion")
-    g.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
+    g.add_argument("--data", default="dataset/test", type=path_arg, help="folder with one sub-folder of images per emotion")
+    g.add_argument("--batch_size", type=int_range(1, 65536, name="batch_size"), default=256, help="images per forward pass")
     add_predictor_args(parser, tta=True)
     g = parser.add_argument_group("Output")
-    g.add_argument("--output_dir", default="evaluation", help="where confusion_matrix.png and metrics.json go")
+    g.add_argument("--output_dir", default="evaluation", type=path_arg, help="where confusion_matrix.png and metrics.json go")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --output_dir")
     return parser
 
 
 def main(args):
     out = Path(args.output_dir)
-    targets = [out / "confusion_matrix.png", out / "metrics.json"]
+    targets = [out / "confusion_matrix.png", out / "metrics.json", out / "reliability.png"]
     if not args.overwrite and any(p.exists() for p in targets):
         raise FERError(f"{out} already holds results: pass --overwrite or choose another --output_dir")
+    for target in targets:      # an unwritable folder found now, not after the whole evaluation
+        check_writable(target, "--output_dir file", overwrite=True)
     samples, folder_classes = list_samples(args.data)
     predictor = predictor_from_args(args)
+    predictor.set_threads()
     # Folder labels are indices into the sorted folder names; the model may order its classes otherwise.
     names = predictor.class_names
+    unknown = [c for c in folder_classes if c not in names]
+    if unknown:
+        raise FERError(f"{args.data} has classes the model does not know: {', '.join(unknown)} "
+                       f"(it predicts {', '.join(names)})")
     to_model = np.array([names.index(c) for c in folder_classes])
-    channels = predictor.preprocessing["channels"]
 
-    predictions, labels, unreadable = [], [], []
-    for start in tqdm(range(0, len(samples), args.batch_size), desc="evaluating", unit="batch", leave=False):
-        batch = samples[start:start + args.batch_size]
-        images = [(read_image(p, channels), label) for p, label in batch]
-        unreadable += [p for (p, _), (im, _) in zip(batch, images) if im is None]
-        images = [(im, label) for im, label in images if im is not None]
-        if images:
-            probs = predictor.predict([im for im, _ in images], bgr=False).probabilities
-            predictions.append(probs.argmax(1))
-            labels.append(to_model[[label for _, label in images]])
+    # The bulk reader: worker threads decode and classify chunks of --batch_size images, in order.
+    paths = [str(p) for p, _ in samples]
+    probabilities, labels, unreadable = [], [], []
+    results = iter_results(predictor, paths, batch_size=args.batch_size)
+    for r in tqdm(results, total=len(paths), desc="evaluating", unit="img", leave=False, mininterval=0.5):
+        if r.error is not None:
+            unreadable.append(r.image)
+        else:
+            probabilities.append(r.probabilities[0])
+            labels.append(to_model[samples[r.index][1]])
     if unreadable:
         print(f"warning: skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
-    if not predictions:
+    if not probabilities:
         raise FERError(f"no readable images in {args.data}")
 
-    cm = confusion_matrix(np.concatenate(labels), np.concatenate(predictions), len(names))
+    probabilities, labels = np.stack(probabilities), np.array(labels)
+    cm = confusion_matrix(labels, probabilities.argmax(1), len(names))
     report = classification_report(cm, names)
+    report["calibration"] = calibration_report(predictor, probabilities, labels, paths, args, targets[2])
     print(format_report(report))
     title = f"{Path(predictor.path).name} on {args.data}: accuracy {report['accuracy'] * 100:.2f}%"
     draw_confusion_matrix(cm, names, targets[0], title=title)
     write_json(targets[1], {"model": str(predictor.path), "data": str(args.data), "tta": args.tta,
                             **report, "class_names": names, "confusion_matrix": cm.tolist()})
-    print(f"confusion matrix -> {targets[0]}; metrics -> {targets[1]}")
+    print(f"confusion matrix -> {targets[0]}; reliability diagram -> {targets[2]}; metrics -> {targets[1]}")
+
+
+def calibration_report(predictor, probabilities, labels, paths, args, picture) -> dict:
+    """ECE of the probabilities users see and, for a calibrated model, of the raw ones (a second, uncalibrated pass)."""
+    ece = expected_calibration_error(probabilities, labels)
+    temperature = predictor.temperature
+    curves = {f"as used (T={temperature:.2f})": probabilities}
+    result = {"temperature": temperature, "ece": ece}
+    if temperature != 1.0:
+        # Unreadable images fail in both passes alike, so the rows line up with `labels`.
+        raw = [r.probabilities[0] for r in iter_results(predictor.with_temperature(1.0), paths, batch_size=args.batch_size)
+               if r.error is None]
+        result["ece_uncalibrated"] = expected_calibration_error(np.stack(raw), labels)
+        curves = {"uncalibrated (T=1)": np.stack(raw), **curves}
+    print(f"expected calibration error {ece * 100:.2f}%" + (f" (uncalibrated: {result['ece_uncalibrated'] * 100:.2f}%)"
+                                                           if "ece_uncalibrated" in result else ""))
+    draw_reliability_diagram(curves, labels, picture, title=f"{Path(predictor.path).name} on {args.data}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run the benchmarks and print their tables: model latency, the video pipeline, training throughput.
+"""Run the benchmarks and print their tables: model latency, the video pipeline, training throughput, bulk inference.
 
     python -m benchmarks.run --data dataset/test --json bench.json
 
@@ -21,7 +21,7 @@ from fer_common.models import DEFAULT_BACKBONE  # noqa: E402
 
 from benchmarks.common import machine_info, machine_line  # noqa: E402
 
-GROUPS = ("models", "video", "training")
+GROUPS = ("models", "video", "training", "bulk")
 
 
 def get_args_parser():
@@ -43,6 +43,10 @@ def get_args_parser():
                    help="face crops for int8 calibration (class folders); when not given: dataset/val_new if present")
     g.add_argument("--video", metavar="PATH", help="video for the pipeline benchmark (when not given: Test_files/Video_Test_1.mp4)")
     g.add_argument("--max_frames", type=int, default=0, help="frames of the video to use (0: all; --quick: 20)")
+    g.add_argument("--bulk_images", type=int, default=0,
+                   help="face crops for the bulk-inference rows (0: 10000; --quick: 120)")
+    g.add_argument("--bulk_memory_images", type=int, default=0,
+                   help="face crops for the bulk memory run (0: 10 x --bulk_images)")
     g = parser.add_argument_group("Output")
     g.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     return parser

@@ -69,7 +69,7 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
 
     curves: {"before": probabilities, "after": probabilities, ...}; a calibrated model follows the diagonal.
     """
-    size, left, top, bottom = 420, 70, 60 if title else 30, 70
+    size, left, top, bottom = 420, 70, 60 if title else 30, 80
     width, height = left + size + 30, top + size + bottom + 22 * len(curves)
     image = np.full((height, width, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -95,10 +95,10 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
         for p in pts:
             cv2.circle(image, p, 4, colour, -1, cv2.LINE_AA)
         ece = expected_calibration_error(probabilities, labels, bins)
-        y = top + size + 50 + 22 * i
+        y = top + size + 66 + 22 * i
         cv2.line(image, (left, y - 4), (left + 24, y - 4), colour, 2, cv2.LINE_AA)
         cv2.putText(image, f"{name}: ECE {ece * 100:.2f}%", (left + 32, y), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(image, "confidence of the top emotion", (left + size // 2 - 110, top + size + 36), font, 0.45,
+    cv2.putText(image, "confidence of the top emotion", (left + size // 2 - 110, top + size + 40), font, 0.45,
                 (80, 80, 80), 1, cv2.LINE_AA)
     cv2.putText(image, "accuracy", (4, top - 10), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
     if title:
@@ -128,6 +128,10 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
         raise FERError(f"{output} must have the same extension as {model_path}")
     predictor = Predictor(model_path, device="cpu")
     samples, folder_classes = list_samples(data)
+    unknown = [c for c in folder_classes if c not in predictor.class_names]
+    if unknown:
+        raise FERError(f"{data} has classes the model {model_path} does not know: {', '.join(unknown)} "
+                       f"(it predicts {', '.join(predictor.class_names)})")
     to_model = [predictor.class_names.index(c) for c in folder_classes]
     logits, labels = [], []
     for start in range(0, len(samples), batch_size):

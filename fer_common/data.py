@@ -1,8 +1,9 @@
 """Image-folder data sets: class checks, a streaming loader, and the in-memory uint8 cache.
 
-A data set folder holds one sub-folder per emotion (any case: `angry/` or `Angry/`). Class indices
-follow the folder names sorted alphabetically, as torchvision's ImageFolder does; the checkpoint stores
-that order as `class_names`, so nothing downstream assumes FER-2013's numeric order.
+A data set folder holds one sub-folder per class, as torchvision's ImageFolder reads it: any names, any
+number (at least 2). FER-2013's emotions may be spelt in any case (`angry/` or `Angry/` is Angry); other
+names are kept as written. Class indices follow the class names sorted, as ImageFolder does; the checkpoint
+stores that order as `class_names`, so nothing downstream assumes FER-2013's classes or numeric order.
 """
 
 import os
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from .cli import FERError
 from .files import IMAGE_EXTENSIONS
-from .labels import EMOTIONS, canonical_name
+from .labels import MIN_CLASSES, class_name
 from .preprocess import read_image, resize
 
 # Images are cached at the model's input size, but at most this big: FER-2013 faces are 48 px, so a
@@ -27,31 +28,37 @@ def is_image(path: Path) -> bool:
 
 
 def find_classes(root) -> tuple[list[str], list[Path]]:
-    """Class names (canonical, in sorted folder order) and their folders; checks they are our 7 emotions."""
+    """Class names (sorted) and their folders: every sub-folder is a class, at least 2, none of them empty."""
     root = Path(root)
     if not root.is_dir():
         raise FERError(f"data folder not found: {root}")
     folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    names = [canonical_name(p.name) for p in folders]
-    unknown = [p.name for p, n in zip(folders, names) if n is None]
-    missing = [e for e in EMOTIONS if e not in names]
-    if unknown or missing:
-        found = ", ".join(p.name for p in folders) or "no class folders"
-        raise FERError(f"{root} should hold one folder per emotion ({', '.join(EMOTIONS)}); found: {found}"
-                       + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if len(folders) < MIN_CLASSES:
+        found = f"only {folders[0].name}/" if folders else "none"
+        raise FERError(f"{root} should hold one sub-folder of images per class, at least {MIN_CLASSES} classes; "
+                       f"found {found}")
+    folder_of: dict[str, Path] = {}
     for folder in folders:
-        if not any(is_image(f) for f in folder.iterdir()):
+        name = class_name(folder.name)
+        if name in folder_of:
+            raise FERError(f"{folder_of[name]} and {folder} are both the class {name}: merge them into one folder")
+        folder_of[name] = folder
+        if not any(f.is_file() and is_image(f) for f in folder.iterdir()):
             raise FERError(f"class folder {folder} has no images")
-    # Sorted by the canonical name, as ImageFolder would sort the canonical folder names.
-    pairs = sorted(zip(names, folders))
-    return [n for n, _ in pairs], [f for _, f in pairs]
+    # Sorted by class name, as ImageFolder sorts its folder names.
+    names = sorted(folder_of)
+    return names, [folder_of[n] for n in names]
 
 
 def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
     """(path, label) for every image under root, and the class names; labels index class_names."""
     names, folders = find_classes(root)
     if class_names is not None and names != list(class_names):
-        raise FERError(f"{root} has classes {names}, which differ from the training classes {list(class_names)}")
+        missing = [n for n in class_names if n not in names]
+        extra = [n for n in names if n not in class_names]
+        raise FERError(f"{root} has classes {', '.join(names)}, which differ from the training classes "
+                       f"{', '.join(class_names)}" + (f"; missing: {', '.join(missing)}" if missing else "")
+                       + (f"; not in training: {', '.join(extra)}" if extra else ""))
     samples = [(f, label) for label, folder in enumerate(folders)
                for f in sorted(folder.iterdir()) if f.is_file() and is_image(f)]
     return samples, names

@@ -69,11 +69,18 @@ def clear_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def set_cpu_threads() -> None:
-    """Use every core we are allowed, unless the user set OMP_NUM_THREADS."""
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a container limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(threads: int | None = None) -> None:
+    """PyTorch's intra-op threads: `threads`, or every core; the user's OMP_NUM_THREADS wins.
+
+    For scripts only: the thread count belongs to the process, so library code never calls this.
+    """
     if "OMP_NUM_THREADS" not in os.environ:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores))
+        torch.set_num_threads(max(1, threads or cpu_count()))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cli import FERError
 from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip, sort_splits
 from .files import write_json
-from .labels import EMOTIONS
+from .labels import order_names
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -404,11 +404,14 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
 
 
 def count_table(counts: dict[str, dict[str, int]]) -> str:
-    """Images per class (rows, in EMOTIONS order) and split (columns), with a total row."""
+    """Images per class (rows: FER-2013's emotions in label order, then any other classes) and split (columns),
+    with a total row."""
     splits = sort_splits(counts)
+    classes = order_names(c for s in splits for c in counts[s])
+    first = max([10] + [len(c) + 2 for c in classes])
     widths = [max(len(s), 6) + 2 for s in splits]
-    lines = [f"{'class':<10}" + "".join(f"{s:>{w}}" for s, w in zip(splits, widths))]
-    for emotion in EMOTIONS:
-        lines.append(f"{emotion:<10}" + "".join(f"{counts[s].get(emotion, 0):>{w}}" for s, w in zip(splits, widths)))
-    lines.append(f"{'total':<10}" + "".join(f"{sum(counts[s].values()):>{w}}" for s, w in zip(splits, widths)))
+    lines = [f"{'class':<{first}}" + "".join(f"{s:>{w}}" for s, w in zip(splits, widths))]
+    for cls in classes:
+        lines.append(f"{cls:<{first}}" + "".join(f"{counts[s].get(cls, 0):>{w}}" for s, w in zip(splits, widths)))
+    lines.append(f"{'total':<{first}}" + "".join(f"{sum(counts[s].values()):>{w}}" for s, w in zip(splits, widths)))
     return "\n".join(lines)

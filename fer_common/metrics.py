@@ -29,21 +29,27 @@ def classification_report(cm: np.ndarray, class_names) -> dict:
 
 
 def format_report(report: dict) -> str:
+    w = max([10] + [len(name) for name in report["per_class"]])    # any class names, not only the 7 emotions
     lines = [f"accuracy {report['accuracy'] * 100:.2f}%   macro F1 {report['macro_f1'] * 100:.2f}%   "
              f"({report['images']} images)", "",
-             f"{'class':<10} {'precision':>9} {'recall':>7} {'F1':>7} {'images':>7}"]
+             f"{'class':<{w}} {'precision':>9} {'recall':>7} {'F1':>7} {'images':>7}"]
     for name, m in report["per_class"].items():
-        lines.append(f"{name:<10} {m['precision'] * 100:8.1f}% {m['recall'] * 100:6.1f}% {m['f1'] * 100:6.1f}% {m['support']:7d}")
+        lines.append(f"{name:<{w}} {m['precision'] * 100:8.1f}% {m['recall'] * 100:6.1f}% {m['f1'] * 100:6.1f}% {m['support']:7d}")
     return "\n".join(lines)
 
 
 def draw_confusion_matrix(cm: np.ndarray, class_names, path, title: str = "") -> None:
-    """Save the confusion matrix as a PNG: rows = true class, columns = predicted, cells coloured by row share."""
+    """Save the confusion matrix as a PNG: rows = true class, columns = predicted, cells coloured by row share.
+
+    Any number of classes: the row labels' margin fits the longest name; column labels shrink to fit a cell."""
     n = len(class_names)
-    cell, left, top = 72, 110, 70 if title else 40
-    width, height = left + n * cell + 20, top + n * cell + 90
-    image = np.full((height, width, 3), 255, np.uint8)
+    if np.shape(cm) != (n, n):
+        raise ValueError(f"confusion matrix of shape {np.shape(cm)} for {n} class names")
     font = cv2.FONT_HERSHEY_SIMPLEX
+    cell, top = 72, 70 if title else 40
+    left = max([110] + [cv2.getTextSize(str(name), font, 0.5, 1)[0][0] + 16 for name in class_names])
+    width, height = max(left + n * cell + 20, 320), top + n * cell + 90
+    image = np.full((height, width, 3), 255, np.uint8)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     for i in range(n):
         for j in range(n):
@@ -57,8 +63,12 @@ def draw_confusion_matrix(cm: np.ndarray, class_names, path, title: str = "") ->
                 cv2.putText(image, text, (x0 + (cell - tw) // 2, y0 + cell // 2 - 4 + k * 20), font, scale, colour, 1, cv2.LINE_AA)
         cv2.putText(image, class_names[i], (8, top + i * cell + cell // 2 + 5), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for j, name in enumerate(class_names):
-        (tw, _), _ = cv2.getTextSize(name, font, 0.45, 1)
-        cv2.putText(image, name, (left + j * cell + (cell - tw) // 2, top + n * cell + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        scale = 0.45
+        (tw, _), _ = cv2.getTextSize(name, font, scale, 1)
+        if tw > cell - 4:       # long names under narrow columns: smaller, rather than over the neighbours
+            scale = max(0.3, scale * (cell - 4) / tw)
+            (tw, _), _ = cv2.getTextSize(name, font, scale, 1)
+        cv2.putText(image, name, (left + j * cell + (cell - tw) // 2, top + n * cell + 20), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "predicted", (left + n * cell // 2 - 35, top + n * cell + 50), font, 0.5, (80, 80, 80), 1, cv2.LINE_AA)
     cv2.putText(image, "true class (rows sum to 100%)", (8, height - 12), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
     if title:

@@ -1,10 +1,12 @@
 """The two models. Both map a face batch to (logits, embedding); return_embedding=True gives the embedding alone."""
 
+import contextlib
 import socket
 
 import torch
 import torch.nn as nn
 
+from . import cli
 from .cli import FERError
 from .labels import NUM_CLASSES
 from .preprocess import ADVANCED_PREPROCESSING, DEFAULT_PREPROCESSING
@@ -87,18 +89,15 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
     if not timm.is_model(name):
         raise FERError(f"timm does not know the backbone '{name}' (see timm.list_models(), e.g. swin_tiny_patch4_window7_224)")
     if pretrained_weights:
-        from pathlib import Path
-        if not Path(pretrained_weights).is_file():
-            raise FERError(f"pretrained weights file not found: {pretrained_weights}")
-        # timm loads the local file as it would the hub's, dropping the classifier it no longer has.
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_weights))
-        pretrained = True
-    if pretrained and not pretrained_weights and not _hub_reachable():
-        # Offline: let the hub client use its local cache only, instead of retrying for a minute.
-        import huggingface_hub.constants
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        # Loaded strictly by us: timm's own loader only warns about weights that do not fit (strict=False).
+        from .checkpoint import load_backbone_weights
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        load_backbone_weights(model, pretrained_weights)
+        return model
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        # Offline, the hub client would retry for a minute: let it use its local cache only, for this call.
+        with _hub_offline(pretrained and not _hub_reachable()):
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise
@@ -106,6 +105,21 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
             raise FERError(f"could not load pretrained weights from {pretrained_weights}: {str(e).splitlines()[0]}") from None
         raise FERError(f"could not download ImageNet weights for {name} (offline?): give a local file with "
                        f"--pretrained_weights PATH, or train from scratch with --no_pretrained") from None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Make the Hugging Face hub client cache-only inside the block, and restore its setting after."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = saved
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -145,8 +159,8 @@ def count_parameters(model: nn.Module) -> int:
 def add_model_args(parser, model_type: str):
     """Model flags: the embedding size for both models; backbone and ImageNet weights for the advanced one."""
     g = parser.add_argument_group("Model")
-    g.add_argument("--embedding_dim", type=int, default=128, help="size of the face embedding")
-    g.add_argument("--dropout", type=float, default=0.3, help="dropout before the embedding and classifier layers")
+    g.add_argument("--embedding_dim", type=cli.int_range(1, 8192, name="embedding_dim"), default=128, help="size of the face embedding")
+    g.add_argument("--dropout", type=cli.unit_interval_open_top, default=0.3, help="dropout before the embedding and classifier layers")
     if model_type == "default":
         g.add_argument("--widths", type=_widths, default=(40, 80, 160, 320), metavar="W1,W2,W3,W4",
                        help="channels of the four stages (compute grows with their square)")
@@ -156,7 +170,7 @@ def add_model_args(parser, model_type: str):
         g.add_argument("--pretrained", dest="pretrained", action="store_true", default=True,
                        help="start from timm's ImageNet weights (downloaded once when online)")
         g.add_argument("--no_pretrained", dest="pretrained", action="store_false", help="start from random weights")
-        g.add_argument("--pretrained_weights", metavar="PATH",
+        g.add_argument("--pretrained_weights", metavar="PATH", type=cli.existing_file,
                        help="local timm/torchvision state dict of the backbone (for offline machines)")
     return g
 

@@ -8,6 +8,7 @@ panel already placed, to the free spot nearest its face. Sizes come from the fra
     panels = overlay.draw(frame, boxes, probabilities, fps=24.0)   # panel rectangles [x, y, w, h]
 """
 
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -17,15 +18,19 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 # BGR colours, one per emotion; names we do not know get a colour derived from their text.
 EMOTION_COLOURS = {
     "Angry": (40, 40, 220), "Disgust": (40, 150, 40), "Fear": (170, 60, 150), "Happy": (0, 200, 255),
-    "Sad": (200, 110, 30), "Surprise": (0, 140, 255), "Neutral": (170, 170, 170),
+    "Sad": (200, 110, 30), "Surprise": (0, 140, 255), "Neutral": (170, 170, 170), "Contempt": (90, 170, 150),
 }
 
 
 def emotion_colour(name: str) -> tuple[int, int, int]:
+    """The BGR colour of a class: fixed for the known emotions; for any other name a bright colour from a hash
+    of its text (CRC-32, not hash(): the same name gets the same colour in every process and every run)."""
     if name in EMOTION_COLOURS:
         return EMOTION_COLOURS[name]
-    h = sum(map(ord, name))
-    return (60 + h * 37 % 196, 60 + h * 91 % 196, 60 + h * 53 % 196)
+    h = zlib.crc32(name.encode("utf-8"))
+    hue, value = h % 180, 170 + (h >> 8) % 86            # OpenCV's hue range; bright enough on a dark panel
+    hsv = np.array([[[hue, 150 + (h >> 16) % 76, value]]], np.uint8)
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
 @dataclass(frozen=True)

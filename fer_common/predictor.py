@@ -7,6 +7,7 @@ The model file carries everything needed to use it (model type, class names in o
 preprocessing), so a .pth checkpoint and its ONNX export give the same answers.
 """
 
+import copy
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -14,10 +15,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .calibration import softmax
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from . import cli
 from .cli import FERError, add_device_args
-from .device import resolve_device, set_cpu_threads
+from .device import cpu_count, resolve_device, set_cpu_threads
 from .models import MODEL_TYPES
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
@@ -32,19 +34,6 @@ _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "t
 class Prediction(NamedTuple):
     probabilities: np.ndarray   # N x num_classes float32, rows sum to 1, columns in predictor.class_names order
     embeddings: np.ndarray      # N x embedding_dim float32
-
-
-def _cpu_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class Predictor:
@@ -70,6 +59,7 @@ class Predictor:
             self.model_type = meta["model_type"]
             self.class_names = list(meta["class_names"])
             self.preprocessing = meta["preprocessing"]
+            self.temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
             self.session, self.provider = _make_session(self.path, provider, device, self.preprocessing)
             self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
             dim = self.session.get_outputs()[1].shape[-1]
@@ -79,19 +69,13 @@ class Predictor:
             self.model_type = ckpt["model_type"]
             self.class_names = list(ckpt["class_names"])
             self.preprocessing = dict(ckpt["preprocessing"])
+            self.temperature = float((ckpt.get("calibration") or {}).get("temperature", 1.0))
             self.embedding_dim = int(ckpt.get("model_config", {}).get("embedding_dim", 128))
             self._device = resolve_device(device)
             self.device = str(self._device)
             self.provider = None
             model = model_from_checkpoint(ckpt, self.path)
             del ckpt
-            if self._device.type == "cpu":
-                if self.model_type == "default":
-                    # The 48x48 CNN gains nothing from intra-op threads at a few faces per batch, and on a
-                    # busy CPU their spin-waits cost 35x (13 ms vs 450 ms per face beside a training run).
-                    torch.set_num_threads(1)
-                else:
-                    set_cpu_threads()
             model = model.to(self._device)
             # cuDNN runs convolutions fastest on NHWC tensors.
             self._memory_format = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
@@ -101,6 +85,23 @@ class Predictor:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def small(self) -> bool:
+        """A model too small to split across cores (the 48x48 CNN): one thread runs it fastest."""
+        h, w = self.preprocessing["input_size"]
+        return h * w <= 64 * 64
+
+    def with_temperature(self, temperature: float) -> "Predictor":
+        """The same loaded model with another softmax temperature (1.0: the raw, uncalibrated probabilities)."""
+        other = copy.copy(self)
+        other.temperature = temperature
+        return other
+
+    def set_threads(self) -> None:
+        """For scripts: PyTorch threads that suit this model. A small CNN gains nothing from intra-op threads
+        at a few faces per batch, and on a busy CPU their spin-waits cost far more than they give."""
+        set_cpu_threads(1 if self.small else None)
+
     def describe(self) -> str:
         where = self.provider if self.runtime == "onnx" else self.device
         return f"{self.path} ({self.model_type} model, {self.runtime} on {where}{', TTA' if self.tta else ''})"
@@ -108,8 +109,12 @@ class Predictor:
     def __call__(self, crops, bgr: bool = True) -> Prediction:
         return self.predict(crops, bgr)
 
-    def predict(self, crops, bgr: bool = True) -> Prediction:
-        """crops: uint8 face images (HxWx3 BGR as OpenCV gives them, or HxW gray), any sizes. One forward pass."""
+    def predict(self, crops, bgr: bool = True, temperature: float | None = None) -> Prediction:
+        """crops: uint8 face images (HxWx3 BGR as OpenCV gives them, or HxW gray), any sizes. One forward pass.
+
+        Probabilities are softmax(logits / T) with the model's fitted temperature T (1 for an uncalibrated
+        model); `temperature` overrides it (1.0 gives the raw, uncalibrated probabilities).
+        """
         crops = list(crops)
         if not crops:
             return Prediction(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
@@ -118,7 +123,7 @@ class Predictor:
         if self.tta:
             batch = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])   # + mirror images: 2N
         logits, embeddings = self._forward(batch)
-        probabilities = softmax(logits)
+        probabilities = softmax(logits, self.temperature if temperature is None else temperature)
         if self.tta:
             # The mirror image is the same face: average what the two say; the embedding stays the original's.
             probabilities = (probabilities[:n] + probabilities[n:]) / 2
@@ -162,15 +167,25 @@ class Ensemble:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def set_threads(self) -> None:
+        set_cpu_threads(1 if all(m.small for m in self.members) else None)
+
+    @property
+    def temperature(self) -> float:
+        return self.members[0].temperature if len({m.temperature for m in self.members}) == 1 else float("nan")
+
+    def with_temperature(self, temperature: float) -> "Ensemble":
+        return Ensemble([m.with_temperature(temperature) for m in self.members])
+
     def describe(self) -> str:
         return f"ensemble of {len(self.members)}: " + " + ".join(m.describe() for m in self.members)
 
     def __call__(self, crops, bgr: bool = True) -> Prediction:
         return self.predict(crops, bgr)
 
-    def predict(self, crops, bgr: bool = True) -> Prediction:
+    def predict(self, crops, bgr: bool = True, temperature: float | None = None) -> Prediction:
         crops = list(crops)
-        results = [m.predict(crops, bgr) for m in self.members]
+        results = [m.predict(crops, bgr, temperature) for m in self.members]
         probabilities = np.mean([r.probabilities[:, order] for r, order in zip(results, self.order)], axis=0)
         return Prediction(probabilities.astype(np.float32), results[0].embeddings)
 
@@ -226,7 +241,7 @@ def _make_session(path: Path, provider: str, device: str, preprocessing: dict):
     # bigger models use every core. Idle threads must not spin: they would steal the core OpenCV
     # decodes and detects on (decode went from 0.5 to 2.9 ms per frame beside spinning threads).
     small = preprocessing["input_size"][0] * preprocessing["input_size"][1] <= 64 * 64
-    options.intra_op_num_threads = 1 if small else _cpu_cores()
+    options.intra_op_num_threads = 1 if small else cpu_count()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
@@ -286,7 +301,7 @@ def add_predictor_args(parser, tta: bool = False):
     g = parser.add_argument_group("Model")
     g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
                    help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
-    g.add_argument("--checkpoint", metavar="PATH", nargs="+", type=cli.existing_file,
+    g.add_argument("--checkpoint", metavar="PATH", nargs="+", type=cli.path_arg,
                    help="model file (.pth or .onnx); several files make an ensemble that averages their "
                         "probabilities; default: fer_model.pth / fer_model_advanced.pth here "
                         "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")

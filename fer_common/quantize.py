@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cli
 from .cli import FERError
 from .files import atomic_path
 from .onnx_export import read_onnx_metadata
@@ -183,19 +184,20 @@ def get_args_parser():
 
     parser = make_parser("Quantize a default-model ONNX file to int8.\n\n"
                          "    python -m fer_common.quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new")
-    parser.add_argument("src", help="fp32 ONNX file exported by the training scripts")
-    parser.add_argument("dst", help="int8 ONNX file to write")
-    parser.add_argument("--calibration", metavar="FOLDER",
+    parser.add_argument("src", type=cli.existing_file, help="fp32 ONNX file exported by the training scripts")
+    parser.add_argument("dst", type=cli.output_file(".onnx"), help="int8 ONNX file to write")
+    parser.add_argument("--calibration", metavar="FOLDER", type=cli.existing_dir,
                         help="image-folder data set of face crops to calibrate on (without it: dynamic quantization)")
-    parser.add_argument("--images", type=int, default=MAX_CALIBRATION_IMAGES, help="calibration crops to use")
+    parser.add_argument("--images", type=cli.positive_int, default=MAX_CALIBRATION_IMAGES, help="calibration crops to use")
     parser.add_argument("--method", choices=["auto", "static", "dynamic"], default="auto", help="quantization method")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dst")
     return parser
 
 
 def main(args):
-    if Path(args.dst).exists() and not args.overwrite:
-        raise FERError(f"{args.dst} already exists: pass --overwrite to replace it")
+    from .files import check_output_files
+
+    check_output_files({"dst": args.dst}, args.overwrite, inputs={"src": args.src})
     crops = calibration_crops(args.calibration, args.images) if args.calibration else None
     info = quantize_onnx(args.src, args.dst, crops, method=args.method)
     print(f"int8 model ({info['method']}) -> {args.dst}")

@@ -18,14 +18,17 @@ from .cli import FERError
 from .download import make_temp_dir, replace_dir
 from .files import write_json
 from .fer2013 import is_image_name
-from .labels import EMOTIONS, canonical_name
+from .labels import EMOTIONS, MIN_CLASSES, class_name
 
 MODES = ("copy", "hardlink", "symlink")
 SPLIT_INFO = ".split.json"
 
 
 def list_class_files(train_dir) -> tuple[dict[str, list[Path]], list[Path]]:
-    """Image files per canonical class name (sorted by name), and the non-image files that were passed over."""
+    """Image files per class name (sorted by name), and the non-image files that were passed over.
+
+    Every sub-folder is a class (FER-2013's emotions in any case mean the same class; other names as written).
+    """
     train_dir = Path(train_dir)
     if not train_dir.is_dir():
         raise FERError(f"{train_dir} not found: run download_dataset.py first (or give --dataset_path)")
@@ -38,17 +41,18 @@ def list_class_files(train_dir) -> tuple[dict[str, list[Path]], list[Path]]:
         if not entry.is_dir():
             skipped.append(entry)
             continue
-        emotion = canonical_name(entry.name)
-        if emotion is None:
-            raise FERError(f"{entry} is no emotion's folder (expected {', '.join(EMOTIONS)}, in any case)")
-        if emotion in folder_of:
-            raise FERError(f"{folder_of[emotion]} and {entry} are both the class {emotion}")
-        folder_of[emotion] = entry
-        files[emotion] = []
+        cls = class_name(entry.name)
+        if cls in folder_of:
+            raise FERError(f"{folder_of[cls]} and {entry} are both the class {cls}")
+        folder_of[cls] = entry
+        files[cls] = []
         for f in sorted(entry.iterdir(), key=lambda p: p.name):
-            (files[emotion] if f.is_file() and is_image_name(f.name) else skipped).append(f)
+            (files[cls] if f.is_file() and is_image_name(f.name) else skipped).append(f)
     if not files:
         raise FERError(f"{train_dir} has no class folders: run download_dataset.py first")
+    if len(files) < MIN_CLASSES:
+        raise FERError(f"{train_dir} has only the class folder {next(iter(folder_of.values())).name}/: "
+                       f"a classifier needs at least {MIN_CLASSES} classes, one sub-folder of images each")
     return files, skipped
 
 
@@ -58,13 +62,13 @@ def plan_split(files: dict[str, list[Path]], val_ratio: float, seed: int) -> dic
     if not 0 < val_ratio < 1:
         raise FERError(f"--val_ratio must be between 0 and 1, got {val_ratio}")
     plan = {}
-    for emotion, paths in files.items():
+    for cls, paths in files.items():
         if len(paths) < 2:
-            raise FERError(f"class {emotion} has {len(paths)} image(s); a split needs at least 2 per class")
+            raise FERError(f"class {cls} has {len(paths)} image(s); a split needs at least 2 per class")
         order = sorted(paths, key=lambda p: p.name)
-        random.Random(f"{seed}:{emotion}").shuffle(order)
+        random.Random(f"{seed}:{cls}").shuffle(order)
         n_val = min(max(1, round(len(order) * val_ratio)), len(order) - 1)
-        plan[emotion] = (sorted(order[n_val:]), sorted(order[:n_val]))
+        plan[cls] = (sorted(order[n_val:]), sorted(order[:n_val]))
     return plan
 
 
@@ -98,8 +102,10 @@ def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42
     for path in skipped:
         print(f"warning: skipping {path}: not an image", file=sys.stderr)
     missing = [e for e in EMOTIONS if e not in files]
-    if missing:
-        print(f"warning: {root / 'train'} has no folder for {', '.join(missing)}", file=sys.stderr)
+    if missing and all(c in EMOTIONS for c in files):
+        # FER-2013-style data short of an emotion is legal (CK+ has no Neutral), but may be a lost folder.
+        print(f"warning: {root / 'train'} has no folder for {', '.join(missing)}: the model will know "
+              f"{len(files)} classes", file=sys.stderr)
     plan = plan_split(files, val_ratio, seed)
 
     temps = {name: make_temp_dir(path) for name, path in outputs.items()}
@@ -107,14 +113,14 @@ def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42
         counts = {name: {} for name in outputs}
         total = sum(len(t) + len(v) for t, v in plan.values())
         with tqdm(total=total, desc=f"{mode} split", unit="img") as bar:
-            for emotion, halves in plan.items():
+            for cls, halves in plan.items():
                 for name, paths in zip(outputs, halves):
-                    folder = temps[name] / emotion
+                    folder = temps[name] / cls
                     folder.mkdir()
                     for src in paths:
                         _place(src, folder / src.name, mode)
                         bar.update()
-                    counts[name][emotion] = len(paths)
+                    counts[name][cls] = len(paths)
         write_json(temps["val_new"] / SPLIT_INFO, {"val_ratio": val_ratio, "seed": seed, "mode": mode,
                                                     "counts": counts})
         for name, path in outputs.items():

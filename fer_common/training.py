@@ -18,10 +18,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as fdata
+from .calibration import expected_calibration_error, fit_temperature, softmax
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from . import cli
 from .cli import FERError, add_device_args
-from .device import amp_dtype, autocast, clear_gpu_memory, grad_scaler, resolve_device, set_cpu_threads
-from .files import write_json
+from .device import amp_dtype, autocast, clear_gpu_memory, cpu_count, grad_scaler, resolve_device, set_cpu_threads
+from .files import check_output_files, same_file, write_json
 from .models import create_model, default_preprocessing, count_parameters
 from .onnx_export import export_onnx
 from .preprocess import augment, normalize
@@ -181,45 +183,49 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int, batch_siz
                       weight_decay: float = 1e-4, scheduler: str = "step") -> None:
     """The flags both training scripts share, with each script's own defaults."""
     g = parser.add_argument_group("Data")
-    g.add_argument("--dataset_path", default="dataset", help="folder holding train_new/ and val_new/ (see validation_split.py)")
-    g.add_argument("--num_workers", type=int, default=fdata.default_num_workers(), help="data loading processes")
+    g.add_argument("--dataset_path", default="dataset", type=cli.path_arg, help="folder holding train_new/ and val_new/ (see validation_split.py)")
+    g.add_argument("--num_workers", type=cli.num_workers_int, default=fdata.default_num_workers(), help="data loading processes")
     g.add_argument("--no_cache", action="store_true",
                    help="decode images from disk every epoch instead of caching them in memory as uint8")
     g = parser.add_argument_group("Optimisation")
-    g.add_argument("--epochs", type=int, default=epochs, help="maximum number of epochs")
-    g.add_argument("--batch_size", type=int, default=batch_size, help="images per batch (per process under torchrun)")
-    g.add_argument("--learning_rate", type=float, default=learning_rate, help="initial learning rate (AdamW)")
-    g.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay")
+    g.add_argument("--epochs", type=cli.positive_int, default=epochs, help="maximum number of epochs")
+    g.add_argument("--batch_size", type=cli.positive_int, default=batch_size, help="images per batch (per process under torchrun)")
+    g.add_argument("--learning_rate", type=cli.positive_float, default=learning_rate, help="initial learning rate (AdamW)")
+    g.add_argument("--weight_decay", type=cli.non_negative_float, default=weight_decay, help="AdamW weight decay")
     g.add_argument("--scheduler", choices=["step", "cosine"], default=scheduler,
                    help="step: StepLR(step_size, gamma) as in the original; cosine: cosine decay over --epochs")
-    g.add_argument("--step_size", type=int, default=step_size, help="StepLR: epochs between learning-rate drops")
-    g.add_argument("--gamma", type=float, default=gamma, help="StepLR: learning-rate factor at each drop")
-    g.add_argument("--patience", type=int, default=patience, help="early stopping: epochs without a lower val loss")
-    g.add_argument("--extra_epochs", type=int, default=2,
+    g.add_argument("--step_size", type=cli.positive_int, default=step_size, help="StepLR: epochs between learning-rate drops")
+    g.add_argument("--gamma", type=cli.float_range(0, 1, lo_open=True, name="gamma"), default=gamma, help="StepLR: learning-rate factor at each drop")
+    g.add_argument("--patience", type=cli.positive_int, default=patience, help="early stopping: epochs without a lower val loss")
+    g.add_argument("--extra_epochs", type=cli.non_negative_int, default=2,
                    help="early stopping: confirmation epochs after patience runs out (an improvement resumes training)")
-    g.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    g.add_argument("--label_smoothing", type=cli.unit_interval_open_top, default=0.1, help="cross-entropy label smoothing")
     g.add_argument("--class_weights", choices=["none", "sqrt", "balanced"], default="sqrt",
                    help="loss weights against class imbalance (Disgust is 1.5%% of FER-2013): "
                         "balanced = 1/frequency, sqrt = its square root")
-    g.add_argument("--seed", type=int, default=42, help="random seed")
+    g.add_argument("--seed", type=cli.seed_int, default=42, help="random seed")
     g = parser.add_argument_group("Weight averaging, mixup and distillation")
-    g.add_argument("--ema_decay", type=float, default=0.999,
+    g.add_argument("--ema_decay", type=cli.unit_interval_open_top, default=0.999,
                    help="exponential moving average of the weights, validated and saved as the best model (0 = off)")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+    g.add_argument("--mixup", type=cli.non_negative_float, default=0.0, metavar="ALPHA",
                    help="mixup: blend image pairs with a Beta(ALPHA, ALPHA) weight (0 = off; 0.2 is typical)")
-    g.add_argument("--teacher", action="append", default=[], metavar="CHECKPOINT",
+    g.add_argument("--teacher", action="append", default=[], type=cli.existing_file, metavar="CHECKPOINT",
                    help="distil from a trained model (repeat for an ensemble: their probabilities are averaged)")
-    g.add_argument("--distill_temperature", type=float, default=4.0, help="softmax temperature of the teachers and student")
-    g.add_argument("--distill_weight", type=float, default=0.7,
+    g.add_argument("--distill_temperature", type=cli.positive_float, default=4.0, help="softmax temperature of the teachers and student")
+    g.add_argument("--distill_weight", type=cli.probability, default=0.7,
                    help="share of the loss from the teachers' soft labels (the rest from the true labels)")
     g = add_device_args(parser)
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                    help="mixed precision: auto = bf16 (or fp16) on CUDA, off on the CPU; bf16 also speeds up "
                         "CPUs with AVX512-BF16/AMX")
     g = parser.add_argument_group("Output")
-    g.add_argument("--output_model", default=output_model, help="best checkpoint (lowest val loss)")
-    g.add_argument("--output_onnx", default=output_onnx, help="ONNX export of the best model, written at the end")
-    g.add_argument("--resume", metavar="CHECKPOINT", help="continue training from a checkpoint (its *.last.pth file)")
+    g.add_argument("--output_model", default=output_model, type=cli.path_arg, help="best checkpoint (lowest val loss)")
+    g.add_argument("--output_onnx", default=output_onnx, type=cli.output_file(".onnx"), help="ONNX export of the best model, written at the end")
+    g.add_argument("--resume", metavar="CHECKPOINT", type=cli.existing_file, help="continue training from a checkpoint (its *.last.pth file)")
+    g.add_argument("--init_from", metavar="CHECKPOINT", type=cli.existing_file,
+                   help="start a new run from a trained model of the same type and size (e.g. models/fer_model.pth): "
+                        "its feature and embedding weights are kept, the classifier head is replaced when the data's "
+                        "classes differ; unlike --resume, epochs, optimizer and output files start afresh")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
@@ -248,7 +254,7 @@ def init_distributed(device_arg: str):
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        set_cpu_threads(max(1, cpu_count() // world_size))
     return dist.get_rank(), world_size, device
 
 
@@ -304,6 +310,36 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler
 
 
 @torch.inference_mode()
+def collect_logits(model, loader, device, prep, amp=None):
+    """(logits, labels) as numpy arrays over this process's share of a loader."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        if len(y):
+            with autocast(device, amp):
+                out, _ = model(to_model_input(images, device, prep, train=False))
+            logits.append(out.float().cpu())
+            labels.append(y.cpu())
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def calibrate(model, val_loader, device, prep, amp, log=print) -> dict:
+    """Fit the temperature on the validation split; the dict the checkpoint and ONNX metadata store."""
+    logits, labels = collect_logits(model, val_loader, device, prep, amp)
+    temperature = fit_temperature(logits, labels)
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits, temperature), labels)
+    if after > before:   # too few images for a trustworthy fit: keep the probabilities as they are
+        temperature, after = 1.0, before
+    log(f"calibration: temperature {temperature:.3f} fitted on the validation split; expected calibration "
+        f"error {before * 100:.2f}% -> {after * 100:.2f}%")
+    return {"temperature": temperature, "fitted_on": "validation split", "images": int(len(labels)),
+            "ece_before": before, "ece_after": after}
+
+
+@torch.inference_mode()
 def evaluate(model, loader, device, prep, amp=None, loss_fn=None, desc="val", quiet=False):
     """Mean loss, accuracy and per-image predictions (this process's share) over a loader."""
     model.eval()
@@ -349,22 +385,38 @@ def seed_everything(seed: int) -> None:
 
 
 def check_outputs(args) -> None:
-    """Refuse to replace a user's files unless asked (resuming continues the same files)."""
-    if args.overwrite or args.resume:
-        return
-    existing = [p for p in (args.output_model, args.output_onnx) if Path(p).exists()]
-    if existing:
-        raise FERError(f"{existing[0]} already exists: pass --overwrite to replace it, "
-                       f"--resume {last_checkpoint_path(args.output_model)} to continue, or choose --output_model/--output_onnx")
+    """Every file the run writes, checked before the first epoch: distinct, writable, and no existing file
+    replaced without --overwrite. Resuming from the run's own X.last.pth continues its files (X.pth,
+    X.last.pth, X_metrics.json and --output_onnx); resuming from any other file protects them as usual."""
+    outputs = {"--output_model": args.output_model, "--output_model's last checkpoint": last_checkpoint_path(args.output_model),
+               "--output_model's history": metrics_path(args.output_model), "--output_onnx": args.output_onnx}
+    own = list(outputs.values()) if args.resume and same_file(args.resume, last_checkpoint_path(args.output_model)) else []
+    if args.resume and not own and same_file(args.resume, args.output_model) and not args.overwrite:
+        raise FERError(f"--resume {args.resume} is also --output_model: training would replace this model with "
+                       f"the run's first epoch; choose another --output_model, resume from "
+                       f"{last_checkpoint_path(args.output_model)}, or pass --overwrite")
+    try:
+        check_output_files(outputs, args.overwrite, replaceable=own)
+    except FERError as e:
+        if "already exists" not in str(e):
+            raise
+        raise FERError(f"{e}, --resume {last_checkpoint_path(args.output_model)} to continue that run, "
+                       f"or choose --output_model/--output_onnx") from None
 
 
-def build_loaders(args, prep, rank, world_size, device, log):
-    root = Path(args.dataset_path)
+def split_dirs(dataset_path) -> tuple[Path, Path]:
+    """dataset_path/train_new and dataset_path/val_new, which validation_split.py makes."""
+    root = Path(dataset_path)
     train_dir, val_dir = root / "train_new", root / "val_new"
     for d in (train_dir, val_dir):
         if not d.is_dir():
             raise FERError(f"{d} not found: split the training set first with "
                            f"'python validation_split.py --dataset_path {root}'")
+    return train_dir, val_dir
+
+
+def build_loaders(args, prep, rank, world_size, device, log):
+    train_dir, val_dir = split_dirs(args.dataset_path)
     train_samples, class_names = fdata.list_samples(train_dir)
     val_samples, _ = fdata.list_samples(val_dir, class_names)
     size = fdata.cache_size(prep["input_size"])
@@ -387,9 +439,62 @@ def build_loaders(args, prep, rank, world_size, device, log):
             timgs, vimgs = timgs.pin_memory(), vimgs.pin_memory()
         train = fdata.MemoryLoader(timgs, train_labels, args.batch_size, True, args.seed, rank, world_size, drop_last=True)
         val = fdata.MemoryLoader(vimgs, vlabels, args.batch_size * 2, False, rank=rank, world_size=world_size)
+    if len(train) == 0:
+        raise FERError(f"--batch_size {args.batch_size} is larger than the {len(train_samples)} training images"
+                       f"{f' per process ({world_size} processes)' if world_size > 1 else ''}: no full batch to "
+                       f"train on; lower --batch_size")
     log(f"data: {len(train_samples)} train / {len(val_samples)} val images in {len(class_names)} classes "
         f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}")
     return train, val, class_names, train_labels
+
+
+def init_from_checkpoint(model, path, model_type: str, model_config: dict, class_names, log=print) -> dict:
+    """Start `model` from a trained checkpoint: every feature and embedding weight, which must all fit (same model
+    type and size); the classifier head only when the classes are the same, else only the rows of the classes both
+    know (by name). Returns the checkpoint's preprocessing, which its weights expect."""
+    ckpt = load_checkpoint(path, expected_type=model_type)
+    source, own = ckpt["state_dict"], model.state_dict()
+    head = [k for k in own if k.startswith("classifier.")]
+    misfit = [k for k in own if k not in head and (k not in source or source[k].shape != own[k].shape)]
+    if misfit:
+        k = misfit[0]
+        why = "missing" if k not in source else f"{tuple(source[k].shape)} there, {tuple(own[k].shape)} here"
+        theirs = ckpt.get("model_config", {})
+        differ = [f"{key} {theirs[key]} (this run: {model_config[key]})" for key in sorted(theirs)
+                  if key in model_config and _plain(theirs[key]) != _plain(model_config[key])]
+        raise FERError(f"--init_from {path}: its weights do not fit this model ({len(misfit)} of {len(own)}, e.g. "
+                       f"{k}: {why}); it was trained with "
+                       f"{', '.join(differ) if differ else f'model_config {theirs}'}: use the same settings")
+    state = {k: source[k] for k in own if k not in head}
+    old_names, new_names = list(ckpt["class_names"]), list(class_names)
+    fits = all(k in source and source[k].shape[1:] == own[k].shape[1:] for k in head)
+    shared = [n for n in new_names if n in old_names] if fits else []
+    if old_names == new_names and fits:
+        state.update({k: source[k] for k in head})
+        kept_head = "classifier head kept (same classes)"
+    else:
+        last = sorted(k for k in head if k.endswith(".weight"))[-1].removesuffix("weight")
+        for k in head:
+            if k.startswith(last) and shared:   # rows of the output layer are classes: copy those both files know
+                rows = own[k].clone()
+                for n in shared:
+                    rows[new_names.index(n)] = source[k][old_names.index(n)]
+                state[k] = rows
+            else:
+                state[k] = own[k]
+        if len(shared) == len(new_names) == len(old_names):
+            kept_head = "classifier head kept, its rows put in the data's class order"
+        else:
+            kept_head = (f"classifier head re-initialised for {len(new_names)} classes (was {len(old_names)})"
+                         + (f", keeping the rows of {', '.join(shared)}" if shared else ""))
+    model.load_state_dict(state)
+    log(f"init_from {path}: kept {len(own) - len(head)} feature and embedding tensors; {kept_head}")
+    return dict(ckpt["preprocessing"])
+
+
+def _plain(value):
+    """Config values compared as JSON would store them (a tuple and a list of the same widths are equal)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def make_scheduler(optimizer, args):
@@ -414,20 +519,27 @@ def train(args, model_type: str, model_config: dict) -> dict:
         if device.type == "cpu" and world_size == 1:
             set_cpu_threads()
         seed_everything(args.seed + rank)
+        if args.resume and args.init_from:
+            raise FERError("--resume continues a run, --init_from starts a new one from a trained model: give one of them")
         check_outputs(args)
 
+        # The data's class folders decide the classes, and so the size of the classifier head.
+        class_names, _ = fdata.find_classes(split_dirs(args.dataset_path)[0])
         resume = load_checkpoint(args.resume, expected_type=model_type) if args.resume else None
         if resume is not None:
+            if resume["class_names"] != class_names:
+                raise FERError(f"{args.resume} was trained on classes {', '.join(resume['class_names'])}, the data "
+                               f"has {', '.join(class_names)}: to train on new classes, use --init_from instead")
             model = model_from_checkpoint(resume, args.resume)
             model_config = resume["model_config"]
             prep = resume["preprocessing"]
         else:
-            model = create_model(model_type, **model_config)
+            model = create_model(model_type, num_classes=len(class_names), **model_config)
             prep = default_preprocessing(model_type, model)
+            if args.init_from:
+                prep = init_from_checkpoint(model, args.init_from, model_type, model_config, class_names, log)
 
         train_loader, val_loader, class_names, train_labels = build_loaders(args, prep, rank, world_size, device, log)
-        if resume is not None and resume["class_names"] != class_names:
-            raise FERError(f"{args.resume} was trained on classes {resume['class_names']}, the data has {class_names}")
 
         model = model.to(device).to(memory_format=torch.channels_last)
         if world_size > 1:
@@ -488,6 +600,9 @@ def train(args, model_type: str, model_config: dict) -> dict:
             val_loss, val_acc, _, _ = evaluate(ema.module if ema else model, val_loader, device, prep, amp,
                                                val_loss_fn, quiet=not is_main)
             scheduler.step()
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                raise FERError(f"training diverged at epoch {epoch} (train loss {train_loss}, val loss {val_loss}): "
+                               f"nothing was saved for this epoch; lower --learning_rate or try --amp off")
             previous_best = stopper.best
             status = stopper.step(val_loss)
             improvement = previous_best - val_loss if math.isfinite(previous_best) else float("nan")
@@ -517,7 +632,9 @@ def train(args, model_type: str, model_config: dict) -> dict:
             best_model = model_from_checkpoint(final, args.output_model)
             log(f"best epoch {best['epoch']}: val_loss {best['val_loss']:.4f}, val_acc {best['val_acc'] * 100:.2f}% "
                 f"-> {args.output_model}")
-            export_onnx(best_model, args.output_onnx, model_type, class_names, prep)
+            final["calibration"] = calibrate(best_model.to(device), val_loader, device, prep, amp, log)
+            save_checkpoint(final, args.output_model)
+            export_onnx(best_model, args.output_onnx, model_type, class_names, prep, calibration=final["calibration"])
             log(f"ONNX model -> {args.output_onnx}; history -> {metrics_path(args.output_model)}")
         return best
     finally:

@@ -19,12 +19,12 @@ def pattern(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
 
 
 def make_folder_dataset(root, per_class=(12, 4), splits=("train_new", "val_new"), seed=0,
-                        class_folder=lambda name: name, ext=".png") -> Path:
-    """root/<split>/<Class>/img_XXX.png with per_class[i] images per class in splits[i]."""
+                        class_folder=lambda name: name, ext=".png", classes=EMOTIONS) -> Path:
+    """root/<split>/<Class>/img_XXX.png with per_class[i] images per class in splits[i] (classes: folder names)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     for split, n in zip(splits, per_class):
-        for label, name in enumerate(EMOTIONS):
+        for label, name in enumerate(classes):
             folder = root / split / class_folder(name)
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):

@@ -85,7 +85,7 @@ def test_benchmarks_quick_run(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for title in ("## Model latency", "## Video pipeline", "## Training throughput"):
+    for title in ("## Model latency", "## Video pipeline", "## Training throughput", "## Bulk inference"):
         assert title in out
     assert out.count("machine: ") >= 4                    # once at the start, then with every table
     assert f"checkpoint {tmp_path / 'tiny.pth'}" in out
@@ -93,5 +93,6 @@ def test_benchmarks_quick_run(tmp_path):
         assert runtime in out
     assert "floor: decode + encode only" in out and "MemoryLoader" in out
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert set(results["results"]) == {"models", "video", "training"}
+    assert set(results["results"]) == {"models", "video", "training", "bulk"}
+    assert results["results"]["bulk"]["jsonl_lines"] == 120 and results["results"]["bulk"]["rows"][0]["images_per_s"] > 0
     assert results["results"]["video"]["detection"]["frames"] == 6

@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 
@@ -29,7 +30,9 @@ def run(argv, capsys):
 
 def test_parser_defaults():
     args = inference.get_args_parser().parse_args(["x.jpg"])
-    assert (args.model_type, args.detector, args.provider, args.use_onnx, args.tta) == ("default", "haar", "auto", False, False)
+    assert (args.model_type, args.provider, args.use_onnx, args.tta) == ("default", "auto", False, True)
+    assert args.detector in detection.DETECTORS
+    assert (args.output, args.resume, args.recursive, args.strict, args.batch_size) == (None, False, False, False, 64)
 
 
 def test_text_output_and_annotated_image(models, tmp_path):
@@ -104,13 +107,13 @@ def test_missing_model_message(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_image", "not_an_image", "missing_checkpoint", "wrong_type_pth",
-                                  "wrong_type_onnx", "unwritable", "yunet_offline"])
+                                  "wrong_type_onnx", "unwritable", "bad_yunet_model"])
 def test_bad_input_is_one_line(case, models, tmp_path, monkeypatch, capsys):
     argv = [TEST_IMAGE, "--checkpoint", models / "fer_model.pth"]
     expect = {"missing_image": "image not found", "not_an_image": "not an image",
               "missing_checkpoint": "model file not found", "wrong_type_pth": "not 'advanced'",
               "wrong_type_onnx": "not 'advanced'", "unwritable": "cannot write",
-              "yunet_offline": "--detector_model"}[case]
+              "bad_yunet_model": "--detector_model"}[case]
     if case == "missing_image":
         argv[0] = tmp_path / "nope.jpg"
     elif case == "not_an_image":
@@ -127,9 +130,8 @@ def test_bad_input_is_one_line(case, models, tmp_path, monkeypatch, capsys):
         (tmp_path / "file").write_text("x")
         argv += ["--save_annotated", tmp_path / "file" / "sub" / "ann.png"]
     else:
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-        monkeypatch.setattr(detection.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-        argv += ["--detector", "yunet"]
+        (tmp_path / "yunet.onnx").write_text("not a model")
+        argv += ["--detector", "yunet", "--detector_model", tmp_path / "yunet.onnx"]
     code, _, err = run(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
@@ -138,3 +140,61 @@ def test_bad_input_is_one_line(case, models, tmp_path, monkeypatch, capsys):
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     r = run_script("inference.py", tmp_path / "missing.jpg", "--checkpoint", tmp_path / "x.pth")
     assert r.returncode == 1 and r.stderr.strip() == f"error: image not found: {tmp_path / 'missing.jpg'}"
+
+
+def make_crop_tree(root):
+    """Face crops in nested folders, with one unreadable file in the middle; returns (readable, unreadable)."""
+    face = cv2.cvtColor(cv2.resize(cv2.imread(str(TEST_IMAGE))[60:170, 170:280], (48, 48)), cv2.COLOR_BGR2GRAY)
+    names = ["a.png", "b.jpg", "x/c.png", "x/d.png", "x/y/e.png", "z/f.png"]
+    for k, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), np.roll(face, 3 * k, axis=1))
+    (root / "x" / "bad.png").write_bytes(b"\x89PNG cut short")
+    return [str(root / n) for n in names], str(root / "x" / "bad.png")
+
+
+def test_bulk_jsonl_recursive_then_resume_after_a_cut(models, tmp_path, capsys):
+    images, bad = make_crop_tree(tmp_path / "faces")
+    out = tmp_path / "out.jsonl"
+    argv = [tmp_path / "faces", "--recursive", "--no_detect", "--checkpoint", models / "fer_model.onnx",
+            "--output", out, "--batch_size", 2, "--workers", 2]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    full = out.read_bytes()
+    lines = [json.loads(line) for line in full.decode().splitlines()]
+    assert [d["image"] for d in lines] == images                 # input order, sub-folders after the files
+    assert f"skipped 1 unreadable image(s): {bad}" in err
+    assert "7 images: 6 read, 1 skipped (unreadable), 0 without a face; 6 faces" in stdout
+    code, js, _ = run(argv[:5] + ["--json"], capsys)               # the same objects as --json prints
+    assert code == 0 and json.loads(js) == lines
+
+    cut = b"".join(full.splitlines(keepends=True)[:3])
+    out.write_bytes(cut + full[len(cut):len(cut) + 40])           # killed while writing the 4th line
+    code, _, err = run(argv, capsys)
+    assert code == 1 and err.strip().splitlines() == [f"error: output {out} already exists: pass --resume to "
+                                                      "continue it, or --overwrite to replace it"]
+    code, stdout, err = run(argv + ["--resume"], capsys)
+    assert code == 0, err
+    assert "cut off a half-written last line (40 bytes)" in stdout and "resuming: 3 of 7 images" in stdout
+    assert out.read_bytes() == full
+    code, stdout, err = run(argv + ["--resume"], capsys)          # all done: only the unreadable one is tried again
+    assert code == 0 and out.read_bytes() == full and "resuming: 6 of 7 images" in stdout and bad in err
+
+
+def test_bulk_csv_skips_unreadable_unless_strict(models, tmp_path, capsys):
+    images, bad = make_crop_tree(tmp_path / "faces")
+    out = tmp_path / "out.csv"
+    argv = [tmp_path / "faces" / "x", "--recursive", "--no_detect", "--checkpoint", models / "fer_model.onnx",
+            "--output", out]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and bad in err
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == images[2:5] and {r["face"] for r in rows} == {"0"}
+    assert all(r["top_emotion"] == max(EMOTIONS, key=lambda e: float(r[e])) for r in rows)
+    assert all((r["x"], r["y"], r["w"], r["h"]) == ("0", "0", "48", "48") for r in rows)
+    code, _, err = run(argv + ["--overwrite", "--strict"], capsys)
+    assert code == 1 and err.strip().splitlines() == [f"error: not an image (cannot decode): {bad} (--strict; "
+                                                      "rerun with --resume to go on from here)"]
+    code, _, err = run([tmp_path / "faces", "--resume", "--checkpoint", models / "fer_model.onnx"], capsys)
+    assert code == 1 and "--resume needs --output" in err

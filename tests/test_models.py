@@ -74,3 +74,13 @@ def test_offline_download_names_both_ways_out(monkeypatch):
     monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
     with pytest.raises(FERError, match="--pretrained_weights PATH.*--no_pretrained"):
         create_backbone("test_vit", pretrained=True)
+
+
+def test_offline_check_does_not_change_the_process(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    with pytest.raises(FERError):
+        create_backbone("test_vit", pretrained=True)
+    assert hub.HF_HUB_OFFLINE == before

@@ -107,3 +107,14 @@ def test_resolve_model_file(tmp_path, monkeypatch):
     assert resolve_model_file("default", use_onnx=True, cwd=tmp_path) == tmp_path / "fer_model.onnx"
     with pytest.raises(FERError, match="model file not found"):
         resolve_model_file("default", checkpoint=tmp_path / "nope.pth")
+
+
+def test_building_a_predictor_leaves_the_process_alone(tmp_path):
+    import torch
+    from helpers_models import save_default
+
+    save_default(tmp_path / "m.pth")
+    before = torch.get_num_threads()
+    predictor = Predictor(tmp_path / "m.pth", device="cpu")
+    assert torch.get_num_threads() == before          # the script decides: predictor.set_threads()
+    assert predictor.small

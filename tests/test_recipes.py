@@ -170,3 +170,20 @@ def test_evaluate_averages_two_checkpoints(tiny_data, tmp_path):
                    tmp_path / "b.pth", "--output_dir", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     assert "ensemble of 2" in r.stdout and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_evaluate_reports_calibration_of_a_calibrated_model(tiny_data, tmp_path):
+    from fer_common.checkpoint import save_checkpoint
+    import json
+
+    save_default(tmp_path / "m.pth", class_names=sorted(EMOTIONS))
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    ckpt["calibration"] = {"temperature": 2.0}
+    save_checkpoint(ckpt, tmp_path / "m.pth")
+    r = run_script("evaluate.py", "--data", tiny_data / "val_new", "--checkpoint", tmp_path / "m.pth",
+                   "--output_dir", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    assert "expected calibration error" in r.stdout and "uncalibrated" in r.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] == 2.0 and "ece_uncalibrated" in metrics["calibration"]
+    assert (tmp_path / "eval" / "reliability.png").is_file()

@@ -122,10 +122,12 @@ def test_bad_flag_values_are_one_line_naming_the_flag(tmp_path, capsys, argv, me
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and message in err
 
 
-def test_unknown_class_folder(tmp_path):
+def test_other_class_folders_are_classes_as_written(tmp_path):
+    # FER+ and AffectNet add Contempt: a class of its own, kept as spelt; the 7 emotions still canonical.
     root = make_train(tmp_path / "dataset", {**SIZES, "contempt": 3})
-    with pytest.raises(FERError, match="contempt is no emotion's folder"):
-        split_dataset(root)
+    counts = split_dataset(root)["counts"]
+    assert sorted(counts["train_new"]) == sorted(EMOTIONS + ["contempt"])
+    assert (root / "val_new" / "contempt").is_dir() and (root / "train_new" / "Angry").is_dir()
 
 
 def test_hardlink_mode(tmp_path):
