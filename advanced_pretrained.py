@@ -7,10 +7,9 @@ fer_model_advanced.onnx. The backbone starts from timm's ImageNet weights; the e
 layers are untrained until the model is fine-tuned. With --checkpoint, a trained model is re-exported instead.
 """
 
-from pathlib import Path
 
 from fer_common.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from fer_common.cli import FERError, existing_file, make_parser, output_file, path_arg, run_main
+from fer_common.cli import existing_file, make_parser, output_file, path_arg, run_main
 from fer_common.files import check_output_files
 from fer_common.labels import EMOTIONS
 from fer_common.models import add_model_args, create_model, default_preprocessing, model_config_from_args, count_parameters

@@ -11,7 +11,8 @@ import os
 import sys
 
 from fer_common.cli import http_url, make_parser, path_arg, run_main, sha256_arg, url_or_path
-from fer_common.download import KAGGLE_API, count_table, import_dataset
+from fer_common.download import KAGGLE_API, import_dataset
+from fer_common.labels import count_table
 
 
 def get_args_parser():

@@ -28,7 +28,7 @@ from fer_common.bulk import (DEFAULT_BATCH_SIZE, ResultWriter, Tally, check_outp
                              iter_results, list_images)
 from fer_common.cli import FERError, image_output, make_parser, output_file, positive_int, run_main
 from fer_common.detection import add_detector_args, detector_from_args
-from fer_common.files import IMAGE_EXTENSIONS, atomic_path, check_outputs_distinct, check_writable
+from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_writable, write_image
 from fer_common.overlay import Overlay, upscale_small
 from fer_common.predictor import add_predictor_args, predictor_from_args
 from fer_common.preprocess import read_image
@@ -80,17 +80,6 @@ def annotated_paths(images, target) -> list[Path]:
         seen.add(name)
         paths.append(target / name)
     return paths
-
-
-def write_image(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(path.suffix or ".png", image)
-    if not ok:
-        raise FERError(f"cannot encode {path} (unsupported extension?)")
-    try:
-        with atomic_path(path, suffix=path.suffix) as tmp:
-            tmp.write_bytes(data.tobytes())
-    except OSError as e:
-        raise FERError(f"cannot write {path} ({e.strerror})") from None
 
 
 def format_faces(image: Path, boxes, probabilities, class_names) -> str:

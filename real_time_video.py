@@ -7,21 +7,21 @@ Without --video it opens webcam 0 (--camera N). Press q or Esc in the window to 
 --log_csv writes one row per face per frame. Model files are found as in inference.py.
 """
 
-from fer_common.cli import make_parser, run_main
+from fer_common.cli import make_parser, output_file, run_main, video_output
 from fer_common.detection import add_detector_args, detector_from_args
 from fer_common.predictor import add_predictor_args, predictor_from_args
-from fer_common.files import check_writable
-from fer_common.video import add_video_args, run_video
+from fer_common.files import check_output_files
+from fer_common.video import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, add_video_args, run_video
 
 
 def get_args_parser():
     parser = make_parser(__doc__)
     add_video_args(parser)
     add_predictor_args(parser)
-    add_detector_args(parser)
+    add_detector_args(parser, min_face=VIDEO_MIN_FACE, detect_size=VIDEO_DETECT_SIZE)    # one small pass per frame
     g = parser.add_argument_group("Output")
-    g.add_argument("--save_output", metavar="PATH", help="write the annotated video here (.mp4 or .avi)")
-    g.add_argument("--log_csv", metavar="PATH",
+    g.add_argument("--save_output", metavar="PATH", type=video_output, help="write the annotated video here (.mp4 or .avi)")
+    g.add_argument("--log_csv", metavar="PATH", type=output_file(),
                    help="CSV log: frame, time_s, face_id, x, y, w, h, top_emotion and each emotion's probability")
     g.add_argument("--no_display", action="store_true",
                    help="do not open a window (automatic when there is no display)")
@@ -30,9 +30,9 @@ def get_args_parser():
 
 
 def main(args):
-    for path, what in ((args.save_output, "output video"), (args.log_csv, "CSV log")):
-        if path:
-            check_writable(path, what, args.overwrite)     # before minutes of model loading, not after
+    # before minutes of model loading, not after; and never the same file twice, nor the input video
+    check_output_files({"output video": args.save_output, "CSV log": args.log_csv}, args.overwrite,
+                       inputs={"--video": args.video})
     predictor = predictor_from_args(args, fast=True)   # the shipped int8 model, when no model of yours is here
     detector = detector_from_args(args)
     source = args.video if args.video else args.camera

@@ -6,7 +6,7 @@ The same seed and files always give the same split; dataset/train is never chang
 """
 
 from fer_common.cli import fraction, make_parser, path_arg, run_main, seed_int
-from fer_common.download import count_table
+from fer_common.labels import count_table
 from fer_common.splitting import MODES, split_dataset
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.runtime import make_session
 from fer_common.onnx_export import export_onnx
 from fer_common.predictor import Predictor
 from fer_common.preprocess import prepare_batch
@@ -23,20 +24,11 @@ BATCHES = (1, 8)
 
 
 def ort_session(path, threads: int, spin: bool = True):
-    """An ONNX Runtime CPU session set up as the Predictor sets its own up, with `threads` intra-op threads.
+    """An ONNX Runtime CPU session made as the Predictor makes its own, with `threads` intra-op threads.
 
     spin=False stops idle worker threads from busy-waiting (they then yield the core to other processes).
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return make_session(path, "cpu", threads=threads, spin=spin)[0]
 
 
 def row(model: str, runtime: str, threads, batch: int, timing: dict) -> dict:

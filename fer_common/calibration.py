@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .files import atomic_path
+from .files import atomic_path, write_image
 
 BINS = 15
 
@@ -103,9 +103,7 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
     cv2.putText(image, "accuracy", (4, top - 10), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
     if title:
         cv2.putText(image, title, (8, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"could not write {path}")
+    write_image(path, image)
 
 
 # ---------------------------------------------------------------------------- calibrating a trained model file

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -23,9 +22,8 @@ import requests
 from tqdm import tqdm
 
 from .cli import FERError
-from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip, sort_splits
-from .files import write_json
-from .labels import order_names
+from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
+from .files import make_temp_dir, replace_dir, write_json
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -295,31 +293,6 @@ def check_output_folder(output: Path, source: str) -> None:
                        f"that holds the source; choose another --output")
 
 
-def make_temp_dir(final: Path) -> Path:
-    """A hidden, empty folder next to `final`, to be renamed onto it once complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    # mkdtemp makes it private (0700); the data set should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def replace_dir(new: Path, output: Path) -> None:
-    """Rename new onto output; an old output is removed only once the new one is in place."""
-    if not output.exists():
-        os.rename(new, output)
-        return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}-{int(time.time())}")
-    os.rename(output, old)
-    try:
-        os.rename(new, output)
-    except OSError:
-        os.rename(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
                    sha256: str | None = None, kaggle_api: str = KAGGLE_API) -> dict:
     """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/.
@@ -401,17 +374,3 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
         with contextlib.suppress(OSError):
             cache_dir.rmdir()
     return {**marker, "already_present": False}
-
-
-def count_table(counts: dict[str, dict[str, int]]) -> str:
-    """Images per class (rows: FER-2013's emotions in label order, then any other classes) and split (columns),
-    with a total row."""
-    splits = sort_splits(counts)
-    classes = order_names(c for s in splits for c in counts[s])
-    first = max([10] + [len(c) + 2 for c in classes])
-    widths = [max(len(s), 6) + 2 for s in splits]
-    lines = [f"{'class':<{first}}" + "".join(f"{s:>{w}}" for s, w in zip(splits, widths))]
-    for cls in classes:
-        lines.append(f"{cls:<{first}}" + "".join(f"{counts[s].get(cls, 0):>{w}}" for s, w in zip(splits, widths)))
-    lines.append(f"{'total':<{first}}" + "".join(f"{sum(counts[s].values()):>{w}}" for s, w in zip(splits, widths)))
-    return "\n".join(lines)

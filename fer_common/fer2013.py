@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .cli import FERError
 from .files import IMAGE_EXTENSIONS
-from .labels import EMOTIONS, canonical_name
+from .labels import EMOTIONS, canonical_name, sort_splits
 
 
 # The Kaggle layout's split folders; the CSV's Usage values and where each goes.
@@ -37,7 +37,6 @@ CSV_KEPT_SPLITS = {"Training": "train", "PublicTest": "public_test", "PrivateTes
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
 IMAGE_SIDE = 48
 # How splits are listed (in tables and the marker); validation_split.py's halves come last.
-SPLIT_ORDER = ("train", "test", "public_test", "private_test", "train_new", "val_new")
 
 # Folders that archivers add and that are never part of a data set.
 JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
@@ -63,10 +62,6 @@ class ImportResult:
 
     def plain_counts(self) -> dict[str, dict[str, int]]:
         return {split: {e: self.counts[split][e] for e in EMOTIONS} for split in sort_splits(self.counts)}
-
-
-def sort_splits(splits) -> list[str]:
-    return sorted(splits, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER))
 
 
 def is_image_name(name: str) -> bool:

@@ -4,7 +4,9 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .cli import FERError
@@ -59,6 +61,21 @@ def check_image_size(data, what="image") -> None:
     if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise FERError(f"{what} claims {size[0]} x {size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} "
                        f"this toolkit decodes (a damaged or hostile file?)")
+
+
+def write_image(path, image, params=()) -> None:
+    """Encode `image` (as OpenCV would save it, format from the extension) and write it atomically."""
+    import cv2
+
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix or ".png", image, list(params))
+    if not ok:
+        raise FERError(f"cannot encode {path} (unsupported extension?)")
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            tmp.write_bytes(data.tobytes())
+    except OSError as e:
+        raise FERError(f"cannot write {path} ({e.strerror})") from None
 
 
 @contextlib.contextmanager
@@ -158,3 +175,30 @@ def check_output_files(outputs: dict, overwrite: bool = False, inputs: dict | No
             own = any(same_file(path, r) for r in replaceable)
             checked.append(check_writable(path, flag, overwrite or own))
     return checked
+
+
+# ---------------------------------------------------------------- folders written whole
+
+def make_temp_dir(final: Path) -> Path:
+    """A hidden, empty folder next to `final`, to be renamed onto it once complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # mkdtemp makes it private (0700); the data set should get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(new: Path, output: Path) -> None:
+    """Rename new onto output; an old output is removed only once the new one is in place."""
+    if not output.exists():
+        os.rename(new, output)
+        return
+    old = output.with_name(f".{output.name}.old-{os.getpid()}-{int(time.time())}")
+    os.rename(output, old)
+    try:
+        os.rename(new, output)
+    except OSError:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from .files import atomic_path
+from .files import write_image
 
 
 def confusion_matrix(targets, predictions, num_classes: int) -> np.ndarray:
@@ -74,6 +74,4 @@ def draw_confusion_matrix(cm: np.ndarray, class_names, path, title: str = "") ->
     if title:
         cv2.putText(image, title, (8, 30), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.rectangle(image, (left, top), (left + n * cell, top + n * cell), (0, 0, 0), 1)
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"could not write {path}")
+    write_image(path, image)

@@ -76,9 +76,9 @@ def _export(module, sample, path, opset):
 
 
 def _run_onnxruntime(path, x: np.ndarray):
-    import onnxruntime as ort
+    from .runtime import make_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session, _ = make_session(path, "cpu")
     logits, embedding = session.run(["logits", "embedding"], {"input": x})
     return logits, embedding
 

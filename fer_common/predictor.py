@@ -8,7 +8,6 @@ preprocessing), so a .pth checkpoint and its ONNX export give the same answers.
 """
 
 import copy
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,16 +18,15 @@ from .calibration import softmax
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from . import cli
 from .cli import FERError, add_device_args
-from .device import cpu_count, resolve_device, set_cpu_threads
+from .device import resolve_device, set_cpu_threads
 from .models import MODEL_TYPES
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
+from .runtime import PROVIDERS, make_session
 from .shipped import SHIPPED_MODELS_DIR
 
 # What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
 MODEL_STEMS = {"default": "fer_model", "advanced": "fer_model_advanced"}
-PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
-_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 class Prediction(NamedTuple):
@@ -60,7 +58,7 @@ class Predictor:
             self.class_names = list(meta["class_names"])
             self.preprocessing = meta["preprocessing"]
             self.temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
-            self.session, self.provider = _make_session(self.path, provider, device, self.preprocessing)
+            self.session, self.provider = make_session(self.path, provider, device, self.preprocessing)
             self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
             dim = self.session.get_outputs()[1].shape[-1]
             self.embedding_dim = dim if isinstance(dim, int) else 128
@@ -188,73 +186,6 @@ class Ensemble:
         results = [m.predict(crops, bgr, temperature) for m in self.members]
         probabilities = np.mean([r.probabilities[:, order] for r, order in zip(results, self.order)], axis=0)
         return Prediction(probabilities.astype(np.float32), results[0].embeddings)
-
-
-def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
-    """The ONNX Runtime providers to ask for, GPU ones only where they can actually run.
-
-    onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU, so 'available' is not enough:
-    a GPU provider is only requested when torch sees a CUDA device. TensorRT is never picked by 'auto':
-    it builds an engine (minutes for Swin-Base) on first use, so it is one flag away (--provider tensorrt).
-    """
-    import onnxruntime as ort
-
-    provider = (provider or "auto").lower()
-    if provider not in PROVIDERS:
-        raise FERError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
-    available = ort.get_available_providers()
-    gpu = torch.cuda.is_available()
-    if provider == "cpu" or (provider == "auto" and (device or "auto").lower() == "cpu"):
-        return ["CPUExecutionProvider"]
-    if provider == "auto":
-        return (["CUDAExecutionProvider"] if gpu and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
-    name = _ORT_NAMES[provider]
-    if not gpu or name not in available:
-        why = "no CUDA GPU is visible" if not gpu else f"this onnxruntime build has no {name}"
-        raise FERError(f"--provider {provider}: {why} (use --provider auto or cpu)")
-    chain = [name] + (["CUDAExecutionProvider"] if provider == "tensorrt" else []) + ["CPUExecutionProvider"]
-    return chain
-
-
-def _provider_options(name: str, preprocessing: dict):
-    if name == "TensorrtExecutionProvider":
-        # One engine for batches of 1..64 faces (TTA doubles the batch), cached across runs.
-        c, (h, w) = preprocessing["channels"], preprocessing["input_size"]
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer_common" / "tensorrt"
-        cache.mkdir(parents=True, exist_ok=True)
-        shape = lambda n: f"input:{n}x{c}x{h}x{w}"  # noqa: E731
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-                "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(8),
-                "trt_profile_max_shapes": shape(64)}
-    return {}
-
-
-def _make_session(path: Path, provider: str, device: str, preprocessing: dict):
-    """One InferenceSession for the predictor's lifetime; returns (session, provider actually used)."""
-    import onnxruntime as ort
-
-    providers = onnx_providers(provider, device)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # The 48x48 CNN is too small to split across cores (1 thread ran 3.4 ms vs 7.3 ms per face on 2);
-    # bigger models use every core. Idle threads must not spin: they would steal the core OpenCV
-    # decodes and detects on (decode went from 0.5 to 2.9 ms per frame beside spinning threads).
-    small = preprocessing["input_size"][0] * preprocessing["input_size"][1] <= 64 * 64
-    options.intra_op_num_threads = 1 if small else cpu_count()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=[(p, _provider_options(p, preprocessing)) for p in providers])
-    except Exception as e:
-        raise FERError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    used = session.get_providers()[0]
-    if provider not in ("auto", "cpu") and used != _ORT_NAMES[provider]:
-        raise FERError(f"--provider {provider}: ONNX Runtime could not start {_ORT_NAMES[provider]} "
-                       f"(CUDA/cuDNN/TensorRT libraries missing?); use --provider auto or cpu")
-    return session, used
 
 
 def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, fast: bool = False) -> list[Path]:

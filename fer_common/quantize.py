@@ -26,6 +26,7 @@ from .cli import FERError
 from .files import atomic_path
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
+from .runtime import make_session
 
 CALIBRATION_BATCH = 16
 MAX_CALIBRATION_IMAGES = 400
@@ -142,12 +143,8 @@ class _Reader:
 
 
 def _session(path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1      # a stable comparison on a busy machine; the ranking holds for more threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    # One thread: a stable comparison on a busy machine; the ranking holds for more threads.
+    return make_session(path, "cpu", threads=1)[0]
 
 
 def _run(session, batch: np.ndarray, chunk: int = 64) -> np.ndarray:

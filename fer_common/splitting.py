@@ -15,8 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .cli import FERError
-from .download import make_temp_dir, replace_dir
-from .files import write_json
+from .files import make_temp_dir, replace_dir, write_json
 from .fer2013 import is_image_name
 from .labels import EMOTIONS, MIN_CLASSES, class_name
 

@@ -20,11 +20,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import cli
 from .cli import FERError
 from .detection import crop_faces
 from .files import atomic_path, check_writable
 from .overlay import Overlay
 
+# real_time_video.py's detector: one YuNet pass per frame on a copy 240 px on its shorter side (faces from
+# 16 / 240 = 7% of it: 24 px at 360p, 48 px at 720p). 320 px cost 3.4 against 2.3 ms per 480x360 frame,
+# 3.2x instead of 2.6x the decode+encode floor with default flags (benchmarks/README.md).
+VIDEO_MIN_FACE = 0
+VIDEO_DETECT_SIZE = 240
 FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
@@ -126,9 +132,11 @@ class FrameResult:
 
 class VideoPipeline:
     """Per frame: detect every `detect_every` frames (tracked in between), classify all faces in one batch,
-    smooth per face, draw. Made once per video; call process(frame) for each frame in order."""
+    smooth per face, draw. Made once per video; call process(frame) for each frame in order.
 
-    def __init__(self, predictor, detector, detect_every: int = 3, smooth: float = 0.5, margin: float = 0.1,
+    The detector's boxes already are the crops the model expects (FER-2013 framing); `margin` adds to them."""
+
+    def __init__(self, predictor, detector, detect_every: int = 3, smooth: float = 0.5, margin: float = 0.0,
                  draw: bool = True, threaded: bool = False):
         if detect_every < 1:
             raise FERError("--detect_every must be 1 or more")
@@ -358,12 +366,12 @@ def _loop(cap, first, pipeline, writer, rows, screen, src_fps, max_frames, total
 
 def add_video_args(parser):
     g = parser.add_argument_group("Video")
-    g.add_argument("--video", metavar="PATH", help="video file to process (default: the webcam)")
-    g.add_argument("--camera", type=int, default=0, help="webcam index, when no --video is given")
-    g.add_argument("--max_frames", type=int, default=0, help="stop after this many frames (0: all)")
-    g.add_argument("--detect_every", type=int, default=3,
+    g.add_argument("--video", metavar="PATH", type=cli.path_arg, help="video file to process (default: the webcam)")
+    g.add_argument("--camera", type=cli.camera_index, default=0, help="webcam index, when no --video is given")
+    g.add_argument("--max_frames", type=cli.non_negative_int, default=0, help="stop after this many frames (0: all)")
+    g.add_argument("--detect_every", type=cli.int_range(1, 1000, name="detect_every"), default=3,
                    help="run the face detector every N frames; boxes are tracked in between")
-    g.add_argument("--smooth", type=float, default=0.5, metavar="ALPHA",
+    g.add_argument("--smooth", type=cli.unit_interval_open_top, default=0.5, metavar="ALPHA",
                    help="smooth each face's probabilities over frames: ALPHA * previous + (1 - ALPHA) * now (0: off)")
     g.add_argument("--threaded", dest="threaded", action="store_true", default=True,
                    help="detect faces on a background thread, overlapping decoding, classifying, drawing and "

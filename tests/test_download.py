@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 import download_dataset  # noqa: E402
 from fer_common import download, fer2013  # noqa: E402
 from fer_common.cli import FERError, run_main  # noqa: E402
-from fer_common.download import COMPLETE_MARKER, count_table, import_dataset, read_marker  # noqa: E402
+from fer_common.download import COMPLETE_MARKER, import_dataset, read_marker  # noqa: E402
+from fer_common.labels import count_table  # noqa: E402
 from fer_common.labels import EMOTIONS  # noqa: E402
 
 KAGGLE_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]

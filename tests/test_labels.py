@@ -14,7 +14,7 @@ from fer_common import training
 from fer_common.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fer_common.cli import FERError, run_main
 from fer_common.data import find_classes, list_samples
-from fer_common.download import count_table
+from fer_common.labels import count_table
 from fer_common.labels import EMOTIONS, class_name, order_names
 from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
 from fer_common.models import FERNet, default_preprocessing

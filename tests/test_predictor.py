@@ -6,7 +6,8 @@ from fer_common.checkpoint import load_checkpoint
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
 from fer_common import predictor as predictor_module
-from fer_common.predictor import Predictor, onnx_providers, resolve_model_file
+from fer_common.predictor import Predictor, resolve_model_file
+from fer_common.runtime import onnx_providers
 from helpers_models import PERMUTED, save_advanced, shared_models
 
 

@@ -50,7 +50,7 @@ def test_demo_uses_the_shipped_model(tmp_path):
     # Run from an empty folder: no fer_model.pth of the user's, so the shipped one is used.
     r = run_script("inference.py", TEST_IMAGE, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "models/fer_model.pth" in r.stderr
+    assert "models/fer_model.int8.onnx" in r.stderr     # the fast shipped model, as for bulk runs
     faces = json.loads(r.stdout)[0]["faces"]
     assert len(faces) >= 1
     probabilities = faces[0]["probabilities"]

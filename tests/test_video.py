@@ -169,3 +169,25 @@ def test_existing_output_is_kept_without_overwrite(models, tmp_path):
     r = run_script("real_time_video.py", *args, "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert read_video(out)[1] == 3
+
+
+def test_pipeline_classifies_the_detectors_fer_framed_boxes(models):
+    predictor = Predictor(models / "fer_model.onnx")
+    shapes = []
+
+    class Recording:
+        class_names = predictor.class_names
+
+        def __call__(self, crops):
+            shapes.extend(c.shape[:2] for c in crops)
+            return predictor(crops)
+
+    cap = cv2.VideoCapture(str(TEST_VIDEO))
+    frame = cap.read()[1]
+    cap.release()
+    detector = FaceDetector(min_face=real_time_video.VIDEO_MIN_FACE, detect_size=real_time_video.VIDEO_DETECT_SIZE)
+    pipeline = VideoPipeline(Recording(), detector, detect_every=1, draw=False)
+    result = pipeline.process(frame)
+    x, y, w, h = result.boxes[0]
+    assert len(result.boxes) == 1 and w == h                         # a square FER-2013 crop, not the raw box
+    assert shapes == [(h, w)]                                        # classified as it is, no extra margin

@@ -1,0 +1,86 @@
+"""ONNX Runtime: which execution providers to ask for, and the one place an InferenceSession is made."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from .cli import FERError
+from .device import cpu_count
+
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
+    """The ONNX Runtime providers to ask for, GPU ones only where they can actually run.
+
+    onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU, so 'available' is not enough:
+    a GPU provider is only requested when torch sees a CUDA device. TensorRT is never picked by 'auto':
+    it builds an engine (minutes for Swin-Base) on first use, so it is one flag away (--provider tensorrt).
+    """
+    import onnxruntime as ort
+
+    provider = (provider or "auto").lower()
+    if provider not in PROVIDERS:
+        raise FERError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
+    available = ort.get_available_providers()
+    gpu = torch.cuda.is_available()
+    if provider == "cpu" or (provider == "auto" and (device or "auto").lower() == "cpu"):
+        return ["CPUExecutionProvider"]
+    if provider == "auto":
+        return (["CUDAExecutionProvider"] if gpu and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    name = _ORT_NAMES[provider]
+    if not gpu or name not in available:
+        why = "no CUDA GPU is visible" if not gpu else f"this onnxruntime build has no {name}"
+        raise FERError(f"--provider {provider}: {why} (use --provider auto or cpu)")
+    chain = [name] + (["CUDAExecutionProvider"] if provider == "tensorrt" else []) + ["CPUExecutionProvider"]
+    return chain
+
+
+def _provider_options(name: str, preprocessing: dict | None):
+    if name == "TensorrtExecutionProvider" and preprocessing:
+        # One engine for batches of 1..64 faces (TTA doubles the batch), cached across runs.
+        c, (h, w) = preprocessing["channels"], preprocessing["input_size"]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer_common" / "tensorrt"
+        cache.mkdir(parents=True, exist_ok=True)
+        shape = lambda n: f"input:{n}x{c}x{h}x{w}"  # noqa: E731
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(8),
+                "trt_profile_max_shapes": shape(64)}
+    return {}
+
+
+def make_session(path, provider: str = "cpu", device: str = "auto", preprocessing: dict | None = None,
+                 threads: int | None = None, spin: bool = False):
+    """An InferenceSession, made once per model file; returns (session, provider actually used).
+
+    threads: intra-op threads; default 1 for a model with a small input (the 48x48 CNN is too small to split
+        across cores), every core for bigger ones.
+    spin: let idle threads spin-wait. Off by default: spinning threads steal the core that OpenCV decodes
+        and detects on (benchmarks/README.md).
+    """
+    import onnxruntime as ort
+
+    providers = onnx_providers(provider, device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is None:
+        small = preprocessing is not None and preprocessing["input_size"][0] * preprocessing["input_size"][1] <= 64 * 64
+        threads = 1 if small else cpu_count()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=[(p, _provider_options(p, preprocessing)) for p in providers])
+    except Exception as e:
+        raise FERError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    used = session.get_providers()[0]
+    if provider not in ("auto", "cpu") and used != _ORT_NAMES[provider]:
+        raise FERError(f"--provider {provider}: ONNX Runtime could not start {_ORT_NAMES[provider]} "
+                       f"(CUDA/cuDNN/TensorRT libraries missing?); use --provider auto or cpu")
+    return session, used
