@@ -12,10 +12,8 @@ SHIPPED_CHECKPOINT = REPO / "models" / "fer_model.pth"
 
 
 def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from fer_common.device import cpu_count
+    return cpu_count()
 
 
 def cpu_model() -> str:

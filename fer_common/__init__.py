@@ -1,24 +1,40 @@
 """Shared library of the FER toolkit: everything the scripts have in common lives here, once.
 
+    from fer_common import FER          # the Python API (fer_common.api): FER().analyse("photo.jpg")
+
 Modules, each named for what it holds:
-    labels      emotion names and the folder names data sets use for them
-    cli         argument groups shared by the scripts, and the one-line error handling
-    files       atomic writes
-    device      device selection, autocast / grad scaler, GPU memory clearing
+    api         FER and Face: the Python API over the objects below
+    labels      class names (FER-2013's emotions by default), how folders spell them, count tables
+    cli         argument types and groups shared by the scripts, and the one-line error handling
+    files       image extensions, atomic writes, output checks, folders replaced whole
+    shipped     where the shipped model files are (models/ of a checkout, or the installed package)
+    device      device selection, CPU thread counts, autocast / grad scaler, GPU memory clearing
     preprocess  per-model preprocessing config and the transforms built from it
     data        image-folder data sets, class checks, the in-memory uint8 data set
     models      the default CNN and the advanced timm-backbone model
     checkpoint  the self-describing checkpoint dict: save, load, rebuild the model
     onnx_export ONNX export with a parity check, and reading an exported file's metadata
-    training    early stopping and the training loop both training scripts use
+    runtime     ONNX Runtime providers and sessions
+    training    early stopping, weight EMA, mixup, distillation and the training loop of both scripts
+    calibration temperature scaling, expected calibration error, the reliability diagram
     metrics     accuracy, per-class scores, the confusion-matrix picture
-    predictor   one predictor for .pth and .onnx files: face crops in, probabilities and embeddings out
-    detection   face detection (OpenCV Haar cascade, or YuNet) and face crops
+    predictor   one predictor for .pth and .onnx files (and ensembles): crops in, probabilities out
+    detection   face detection (YuNet, shipped; or OpenCV's Haar cascade) and face crops in FER-2013 framing
+    bulk        folders of images in threaded batches, streamed .jsonl / .csv output, resume
     overlay     boxes, labels and non-overlapping probability bars drawn on frames
-    video       the video / webcam loop: tracking, smoothing, CSV log, output video
+    tracking    face tracks across video frames
+    video       the video / webcam pipeline and its outputs (window, video file, CSV log)
     download    getting FER-2013 from Kaggle, a URL or a local file (format readers in fer2013)
     splitting   the stratified train / validation split
     quantize    int8 quantization of an exported ONNX model
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name):
+    # The API loads torch, OpenCV and ONNX Runtime: only when asked for, not for every `import fer_common.cli`.
+    if name in ("FER", "Face"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'fer_common' has no attribute '{name}'")

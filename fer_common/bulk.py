@@ -28,6 +28,7 @@ import numpy as np
 
 from .cli import FERError
 from .detection import crop_faces
+from .device import cpu_count
 from .files import IMAGE_EXTENSIONS, check_writable
 from .preprocess import read_image
 
@@ -41,11 +42,7 @@ _PREFETCH_PER_WORKER = 2
 
 def default_workers() -> int:
     """Worker threads for reading, detecting and classifying: one per core, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return min(8, cpu_count())
 
 
 def _is_image(name: str) -> bool:

@@ -6,7 +6,6 @@ names are kept as written. Class indices follow the class names sorted, as Image
 stores that order as `class_names`, so nothing downstream assumes FER-2013's classes or numeric order.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,9 @@ from tqdm import tqdm
 from .cli import FERError
 from .files import IMAGE_EXTENSIONS
 from .labels import MIN_CLASSES, class_name
+from .device import cpu_count
 from .preprocess import read_image, resize
 
-# Images are cached at the model's input size, but at most this big: FER-2013 faces are 48 px, so a
-# 224 px input is upsampled from the cache on the fly rather than stored at 3 x 224 x 224 (4 GB).
-MAX_CACHE_SIDE = 112
 
 
 def is_image(path: Path) -> bool:
@@ -62,10 +59,6 @@ def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple
     samples = [(f, label) for label, folder in enumerate(folders)
                for f in sorted(folder.iterdir()) if f.is_file() and is_image(f)]
     return samples, names
-
-
-def cache_size(input_size) -> list[int]:
-    return [min(s, MAX_CACHE_SIDE) for s in input_size]
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -179,7 +172,4 @@ def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, 
 
 
 def default_num_workers() -> int:
-    try:
-        return min(4, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return min(4, os.cpu_count() or 1)
+    return min(4, cpu_count())

@@ -68,7 +68,10 @@ def write_image(path, image, params=()) -> None:
     import cv2
 
     path = Path(path)
-    ok, data = cv2.imencode(path.suffix or ".png", image, list(params))
+    try:
+        ok, data = cv2.imencode(path.suffix or ".png", image, list(params))
+    except cv2.error:
+        ok = False
     if not ok:
         raise FERError(f"cannot encode {path} (unsupported extension?)")
     try:

@@ -62,10 +62,29 @@ def resize(image: np.ndarray, size) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+# Training caches images at the model's input size, but at most this big (a 224 px input is upsampled from the
+# cache on the fly, rather than storing FER-2013 at 3 x 224 x 224); inference resizes through the same size.
+MAX_CACHE_SIDE = 112
+
+
+def cache_size(input_size) -> list[int]:
+    """The size training caches images at, and inference passes crops through: input size, capped."""
+    return [min(s, MAX_CACHE_SIDE) for s in input_size]
+
+
+def to_input_size(image: np.ndarray, size) -> np.ndarray:
+    """Resize a crop to the model's input size along the path training takes: to the cache size, then up.
+
+    For a 48x48 model that is one resize; for a 224 px backbone it is crop -> 112 -> 224, as in training,
+    so a face looks the same to the model in training and in inference.
+    """
+    return resize(resize(image, cache_size(size)), size)
+
+
 def prepare_batch(crops, prep: dict, bgr: bool = True) -> np.ndarray:
     """Face crops (uint8, BGR from OpenCV by default, or gray) -> float32 N x C x H x W, normalised."""
     size, channels = prep["input_size"], prep["channels"]
-    batch = np.stack([resize(to_channels(c, channels, bgr), size) for c in crops]).astype(np.float32)
+    batch = np.stack([to_input_size(to_channels(c, channels, bgr), size) for c in crops]).astype(np.float32)
     if channels == 1:
         batch = batch[:, None]                 # N,1,H,W
     else:

@@ -26,7 +26,7 @@ from .device import amp_dtype, autocast, clear_gpu_memory, cpu_count, grad_scale
 from .files import check_output_files, same_file, write_json
 from .models import create_model, default_preprocessing, count_parameters
 from .onnx_export import export_onnx
-from .preprocess import augment, normalize
+from .preprocess import augment, cache_size, normalize
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -419,7 +419,7 @@ def build_loaders(args, prep, rank, world_size, device, log):
     train_dir, val_dir = split_dirs(args.dataset_path)
     train_samples, class_names = fdata.list_samples(train_dir)
     val_samples, _ = fdata.list_samples(val_dir, class_names)
-    size = fdata.cache_size(prep["input_size"])
+    size = cache_size(prep["input_size"])
     channels = prep["channels"]
     pin = device.type == "cuda"
     if args.no_cache:

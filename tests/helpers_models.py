@@ -1,18 +1,14 @@
 """Small random models saved as the scripts expect them, shared by the inference/video tests."""
 
-import sys
 from pathlib import Path
 
 import torch
 
+from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.labels import EMOTIONS
+from fer_common.models import AdvancedFER, FERNet, default_preprocessing
 from synthetic import REPO, run_script  # noqa: F401  (run_script is re-exported for the tests)
 
-if str(REPO) not in sys.path:   # fer_common and the top-level scripts live here, whatever folder pytest runs in
-    sys.path.insert(0, str(REPO))
-
-from fer_common.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
-from fer_common.labels import EMOTIONS  # noqa: E402
-from fer_common.models import AdvancedFER, FERNet, default_preprocessing  # noqa: E402
 TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
 TEST_VIDEO = REPO / "Test_files" / "Video_Test_1.mp4"
 PERMUTED = ["Neutral", "Happy", "Sad", "Angry", "Surprise", "Fear", "Disgust"]

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-import helpers_models  # noqa: F401  (puts the repo root on sys.path)
 from fer_common import bulk
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS

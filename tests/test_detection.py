@@ -2,7 +2,6 @@ import cv2
 import numpy as np
 import pytest
 
-import helpers_models  # noqa: F401  (first: puts the repo root, where the scripts are, on sys.path)
 import inference
 from benchmarks.detection_cases import detection_cases, grid, match
 from fer_common import detection

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import download_dataset  # noqa: E402
 from fer_common import download, fer2013  # noqa: E402

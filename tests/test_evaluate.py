@@ -29,6 +29,16 @@ def test_confusion_matrix_picture(tmp_path):
     image = cv2.imread(str(tmp_path / "cm.png"))
     assert image is not None and image.shape[0] > 400 and image.shape[1] > 400
 
+    # Each cell is shaded by its share of the row: a corner of a cell (away from its text) shows it.
+    cm = np.array([[4, 0], [1, 3]])
+    draw_confusion_matrix(cm, ["A", "B"], tmp_path / "cm2.png")
+    image = cv2.imread(str(tmp_path / "cm2.png")).astype(int)
+    cell, top, left = 72, 40, 110                                  # the layout without a title
+    corner = lambda i, j: image[top + i * cell + 4, left + j * cell + 4]   # noqa: E731
+    assert list(corner(0, 0)) == [255, 0, 0]                       # 100% of row A: full blue (BGR)
+    assert list(corner(0, 1)) == [255, 255, 255]                   # 0%: white
+    assert list(corner(1, 1)) == [255, 63, 63]                     # 75%: shade 255 * 0.25
+
 
 def test_evaluate_script_matches_a_count_by_hand(tmp_path):
     data = make_folder_dataset(tmp_path / "data", per_class=(5,), splits=("test",), class_folder=str.lower)

@@ -6,18 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-import helpers_models  # noqa: F401  (first: puts the repo root, where the scripts are, on sys.path)
 import inference
 from fer_common import detection
 from fer_common import predictor as predictor_module
 from fer_common.cli import run_main
 from fer_common.labels import EMOTIONS
-from helpers_models import TEST_IMAGE, run_script, save_advanced, shared_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_models(tmp_path_factory)
+from helpers_models import TEST_IMAGE, run_script, save_advanced
 
 
 def run(argv, capsys):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import helpers_models  # noqa: F401  (first: puts the repo root, where the scripts are, on sys.path)
 import fine_tuning
 import validation_split
 from fer_common import training

@@ -8,12 +8,7 @@ from fer_common.labels import EMOTIONS
 from fer_common import predictor as predictor_module
 from fer_common.predictor import Predictor, resolve_model_file
 from fer_common.runtime import onnx_providers
-from helpers_models import PERMUTED, save_advanced, shared_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_models(tmp_path_factory)
+from helpers_models import PERMUTED, save_advanced
 
 
 def faces(n, seed=0):
@@ -119,3 +114,18 @@ def test_building_a_predictor_leaves_the_process_alone(tmp_path):
     predictor = Predictor(tmp_path / "m.pth", device="cpu")
     assert torch.get_num_threads() == before          # the script decides: predictor.set_threads()
     assert predictor.small
+
+
+def test_inference_resizes_as_training_does():
+    """A 224 px model sees a face through the training cache size (112) in inference too."""
+    import cv2
+    import numpy as np
+    import torch
+    from fer_common.preprocess import ADVANCED_PREPROCESSING, normalize, prepare_batch, resize
+
+    rng = np.random.default_rng(0)
+    crop = cv2.GaussianBlur(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), (5, 5), 0)   # RGB face crop
+    cached = resize(crop, [112, 112])                                      # what training caches
+    trained = normalize(torch.from_numpy(cached).permute(2, 0, 1)[None], ADVANCED_PREPROCESSING)[0].numpy()
+    inferred = prepare_batch([crop], ADVANCED_PREPROCESSING, bgr=False)[0]
+    assert np.abs(trained - inferred).mean() < 0.006     # 48 -> 224 in one step differs by 0.008

@@ -15,14 +15,9 @@ from fer_common.onnx_export import read_onnx_metadata
 from fer_common.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
 from fer_common.training import ModelEma, Teachers, distillation_loss, evaluate, mix_batch, train_one_epoch
 from helpers_models import PERMUTED, save_default
-from synthetic import make_folder_dataset, run_script
+from synthetic import run_script
 
 SMALL = ["--widths", "8,16,16,32", "--epochs", "2", "--batch_size", "8", "--num_workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_folder_dataset(tmp_path_factory.mktemp("data"), per_class=(8, 3))
 
 
 def test_ema_follows_the_model_with_warm_up():

@@ -8,9 +8,7 @@ import argparse
 import importlib
 import json
 import math
-import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import validation_split  # noqa: E402
 from fer_common.cli import FERError, run_main  # noqa: E402

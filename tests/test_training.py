@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from fer_common.checkpoint import load_checkpoint
@@ -15,11 +14,6 @@ from fer_common.device import grad_scaler
 from synthetic import REPO, make_folder_dataset, run_script
 
 TINY = ["--epochs", "2", "--batch_size", "8", "--num_workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_folder_dataset(tmp_path_factory.mktemp("data"), per_class=(8, 3))
 
 
 # ---------------------------------------------------------------- early stopping rules
