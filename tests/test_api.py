@@ -1,0 +1,88 @@
+"""The Python API as the README shows it, and the package as `pip install .` installs it."""
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from fer_common import FER, Face
+from helpers_models import TEST_IMAGE
+from synthetic import REPO
+
+
+def readme_snippet() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_snippet_runs():
+    r = subprocess.run([sys.executable, "-c", readme_snippet()], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Happy" in r.stdout and "(128,)" in r.stdout
+
+
+def test_analyse_an_array_a_file_and_a_crop():
+    import cv2
+
+    fer = FER(tta=False)
+    image = cv2.imread(str(TEST_IMAGE))
+    faces = fer.analyse(image)
+    assert len(faces) == 1 and isinstance(faces[0], Face)
+    face = faces[0]
+    assert set(face.probabilities) == set(fer.class_names) and abs(sum(face.probabilities.values()) - 1) < 1e-4
+    assert face.top_emotion == max(face.probabilities, key=face.probabilities.get) and face.embedding.shape == (128,)
+    from_file = fer.analyse(TEST_IMAGE)[0]
+    assert from_file.box == face.box and np.allclose(from_file.embedding, face.embedding, atol=1e-5)
+    # the same as the predictor on the same crop: no second code path
+    x, y, w, h = face.box
+    direct = fer.predictor.predict([image[y:y + h, x:x + w]]).probabilities[0]
+    assert np.allclose(list(face.probabilities.values()), direct, atol=1e-5)
+    whole = fer.analyse(image, detect=False)
+    assert len(whole) == 1 and whole[0].box == (0, 0, image.shape[1], image.shape[0])
+    assert fer.analyse(np.zeros((240, 320, 3), np.uint8)) == []
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    from fer_common.cli import FERError
+
+    fer = FER(detector=None)
+    with pytest.raises(FERError, match="image not found"):
+        fer.analyse(tmp_path / "none.jpg")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    with pytest.raises(FERError, match="cannot read"):
+        fer.analyse(tmp_path / "junk.jpg")
+    with pytest.raises(FERError, match="uint8"):
+        fer.analyse(np.zeros((10, 10), np.float32))
+    with pytest.raises(FERError, match="not found"):
+        FER(model=tmp_path / "none.pth")
+
+
+def test_installed_package_finds_its_shipped_models(tmp_path):
+    """Build the wheel `pip install .` would install, unpack it away from the repository, and use it."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"        # a copy, so that the build leaves nothing in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.txt"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "fer_common", src / "fer_common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "models", src / "models", ignore=shutil.ignore_patterns("evaluation*"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    wheel = next((tmp_path / "wheel").glob("*.whl"))
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("import fer_common, fer_common.shipped as s; from fer_common import FER; "
+            "print(fer_common.__file__); print(s.shipped_dir()); print(FER().analyse(sys.argv[1])[0].top_emotion)")
+    r = subprocess.run([sys.executable, "-c", "import sys; " + code, str(TEST_IMAGE)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(tmp_path / "site"),
+                                                                         "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    module, shipped, emotion = r.stdout.split()
+    assert module.startswith(str(tmp_path / "site")) and shipped == str(tmp_path / "site" / "fer_common" / "shipped")
+    assert emotion == "Happy"
