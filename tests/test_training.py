@@ -9,8 +9,8 @@ from fer_common.checkpoint import load_checkpoint
 from fer_common.data import MemoryLoader, load_into_memory, list_samples
 from fer_common.labels import EMOTIONS
 from fer_common.models import FERNet, default_preprocessing
-from fer_common.training import EarlyStopping, class_weights, evaluate, train_one_epoch
-from fer_common.device import grad_scaler
+from fer_common.training import EarlyStopping, class_weights
+from helpers_models import train_briefly
 from synthetic import REPO, make_folder_dataset, run_script
 
 TINY = ["--epochs", "2", "--batch_size", "8", "--num_workers", "0"]
@@ -62,17 +62,7 @@ def test_default_model_loss_falls(tiny_data):
     samples, names = list_samples(tiny_data / "train_new")
     images, labels, bad = load_into_memory(samples, prep["input_size"], 1, quiet=True)
     assert images.dtype == torch.uint8 and images.shape == (len(samples), 1, 48, 48) and not bad
-    model = FERNet()
-    loader = MemoryLoader(images, labels, 16, shuffle=True, drop_last=True)
-    eval_loader = MemoryLoader(images, labels, 64, shuffle=False)
-    device = torch.device("cpu")
-    before, _, _, _ = evaluate(model, eval_loader, device, prep, quiet=True)
-    opt = torch.optim.AdamW(model.parameters(), 3e-3)
-    for epoch in range(15):
-        loader.set_epoch(epoch)
-        train_one_epoch(model, loader, opt, torch.nn.CrossEntropyLoss(), device, prep, None,
-                        grad_scaler(device, None), quiet=True)
-    after, acc, preds, targets = evaluate(model, eval_loader, device, prep, quiet=True)
+    before, after, preds, targets = train_briefly(FERNet(), tiny_data)
     assert after < before * 0.85
     assert len(preds) == len(targets) == len(samples)
 
