@@ -1,7 +1,7 @@
 """Video pipeline FPS, stage by stage, against the floor of decoding and encoding the same clip.
 
-The pipeline is the real VideoPipeline with the real FaceDetector, Predictor and Overlay; each stage is
-timed by wrapping the object the pipeline calls (detector.detect, predictor(crops), overlay.draw), so the
+The pipeline is the real VideoPipeline with the real FaceDetector and Predictor, drawn by the real Overlay;
+detect and classify come from the timings each FrameResult carries, draw is timed around the overlay, so the
 order and the work are the pipeline's own. 'other' is the rest of process(): tracking, cropping, smoothing.
 """
 
@@ -16,7 +16,8 @@ import torch
 
 from fer_common.detection import FaceDetector
 from fer_common.predictor import Predictor
-from fer_common.video import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoPipeline, run_video
+from fer_common.overlay import Overlay
+from fer_common.video import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoPipeline, VideoReader, output_sinks, run_video
 
 from .bench_models import default_model_files
 from .common import REPO, fmt, table, torch_threads
@@ -32,38 +33,6 @@ HAAR_LABEL = "--detector haar (the old default)"
 STAGES = ["decode", "detect", "classify", "draw", "other", "encode"]
 
 
-class _TimedDetector:
-    def __init__(self, detector, timers):
-        self.detector, self.timers = detector, timers
-
-    def detect(self, frame):
-        t0 = time.perf_counter()
-        boxes = self.detector.detect(frame)
-        self.timers["detect"] += time.perf_counter() - t0
-        return boxes
-
-
-class _TimedPredictor:
-    def __init__(self, predictor, timers):
-        self.predictor, self.timers = predictor, timers
-        self.class_names = predictor.class_names
-
-    def __call__(self, crops, *a, **k):
-        t0 = time.perf_counter()
-        result = self.predictor(crops, *a, **k)
-        self.timers["classify"] += time.perf_counter() - t0
-        return result
-
-
-def _timed_draw(draw, timers):
-    def wrapper(*a, **k):
-        t0 = time.perf_counter()
-        out = draw(*a, **k)
-        timers["draw"] += time.perf_counter() - t0
-        return out
-    return wrapper
-
-
 def _writer(path, cap):
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
@@ -71,12 +40,9 @@ def _writer(path, cap):
 
 
 def one_pass(video, out_path, max_frames: int, pipeline=None) -> dict:
-    """Read, (process,) write every frame once; returns total seconds per stage and the frame count."""
+    """Read, (process, draw,) write every frame once; returns total seconds per stage and the frame count."""
     timers = defaultdict(float)
-    if pipeline is not None:
-        pipeline.detector = _TimedDetector(pipeline.detector, timers)
-        pipeline.predictor = _TimedPredictor(pipeline.predictor, timers)
-        pipeline.overlay.draw = _timed_draw(pipeline.overlay.draw, timers)
+    overlay = Overlay(pipeline.class_names) if pipeline is not None else None
     cap = cv2.VideoCapture(str(video))
     writer = _writer(out_path, cap)
     frames = faces = 0
@@ -89,9 +55,14 @@ def one_pass(video, out_path, max_frames: int, pipeline=None) -> dict:
             if not ok:
                 break
             if pipeline is not None:
-                result = pipeline.process(frame, fps=20.0)
-                faces += len(result.boxes)
+                result = pipeline.process(frame)
+                t2 = time.perf_counter()
+                overlay.draw_result(frame, result, fps=20.0)
+                timers["draw"] += time.perf_counter() - t2
                 timers["process"] += time.perf_counter() - t1
+                timers["detect"] += result.timings["detect"]
+                timers["classify"] += result.timings["classify"]
+                faces += len(result.boxes)
             t2 = time.perf_counter()
             writer.write(frame)
             timers["encode"] += time.perf_counter() - t2
@@ -105,7 +76,7 @@ def one_pass(video, out_path, max_frames: int, pipeline=None) -> dict:
     if pipeline is not None:
         # With threaded detection the detector's time is spent on the worker thread, beside the rest:
         # it is shown, but only the main loop's wall time counts (waits for a detection land in other).
-        in_loop = 0.0 if pipeline._pool is not None else timers["detect"]
+        in_loop = 0.0 if pipeline.threaded else timers["detect"]
         timers["other"] = timers["wall"] - timers["decode"] - timers["encode"] - in_loop - timers["classify"] - timers["draw"]
     return {"frames": frames, "faces": faces, **timers}
 
@@ -241,8 +212,9 @@ def run(args, workdir: Path, log=print) -> dict:
         entry = {"clip": clip_name, "size": size, "config": "floor: decode + encode only", **floor, "x_floor": 1.0}
         results.append(entry)
         for name, kind, every, detector_kwargs, threaded in configs:
-            with torch_threads(torch.get_num_threads()):      # the .pth Predictor sets 1 thread globally
+            with torch_threads(torch.get_num_threads()):      # restored after set_threads, as the script sets them
                 predictor = Predictor(files[kind], "default", device="cpu", provider="cpu")
+                predictor.set_threads()
                 detector = FaceDetector(**detector_kwargs)
                 make = lambda: VideoPipeline(predictor, detector, detect_every=every, threaded=threaded)  # noqa: E731
                 one_pass(clip, workdir / "out.mp4", 6, make())  # warm-up
@@ -253,8 +225,12 @@ def run(args, workdir: Path, log=print) -> dict:
     # The real loop end to end (headless, saving the output), default flags, as a cross-check of the stage sums.
     with torch_threads(torch.get_num_threads()):
         predictor = Predictor(files["int8"], "default", device="cpu", provider="cpu")
-        stats = run_video(predictor, FaceDetector(**VIDEO_DETECTOR), str(video), save_output=workdir / "run_video.mp4", display=False,
-                          max_frames=max_frames or None, detect_every=3, threaded=True, log=lambda *a, **k: None)
+        predictor.set_threads()
+        with VideoReader(str(video), max_frames or None) as reader:
+            pipeline = VideoPipeline(predictor, FaceDetector(**VIDEO_DETECTOR), detect_every=3, threaded=True,
+                                     fps=reader.clock_fps)
+            sinks = output_sinks(reader, predictor.class_names, save_output=workdir / "run_video.mp4", display=False)
+            stats = run_video(pipeline.run(reader), sinks, total=reader.total)
     end_to_end = {"frames": stats["frames"], "fps": stats["fps"], "ms_per_frame": 1000 / stats["fps"] if stats["fps"] else None}
     detection = detector_report(video, DEFAULT_IMAGE, max_frames, **VIDEO_DETECTOR)
     haar_detection = None if quick else detector_report(video, DEFAULT_IMAGE, max_frames, **HAAR_DETECTOR)

@@ -24,6 +24,7 @@ Modules, each named for what it holds:
     overlay     boxes, labels and non-overlapping probability bars drawn on frames
     tracking    face tracks across video frames
     video       the video / webcam pipeline and its outputs (window, video file, CSV log)
+    summary     per-face summaries of a video (live or from its CSV log) and their plot
     download    getting FER-2013 from Kaggle, a URL or a local file (format readers in fer2013)
     splitting   the stratified train / validation split
     quantize    int8 quantization of an exported ONNX model

@@ -34,6 +34,7 @@ class Face:
     box: tuple                 # (x, y, w, h) in the image's pixels (the crop the model saw)
     probabilities: dict        # class name -> probability, in the model's class order; they sum to 1
     embedding: np.ndarray      # the model's face embedding (128-d for the shipped model)
+    track_id: int | None = None  # in a video: the same number for the same face across frames
 
     @property
     def top_emotion(self) -> str:
@@ -92,6 +93,22 @@ class FER:
             boxes = np.array([[0, 0, image.shape[1], image.shape[0]]])
             crops = [image]
         return self._faces(boxes, self.predictor.predict(crops, bgr=True))
+
+    def analyse_video(self, source, detect_every: int = 3, smooth: float = 0.5,
+                      max_frames: int | None = None) -> Iterator[tuple]:
+        """(frame index, faces) for each frame of a video file (path) or webcam (int), as real_time_video.py sees
+        them: detection every `detect_every` frames with tracking between, probabilities smoothed per face
+        (`smooth` = 0 turns it off). Each Face also has its track id, the same for a face across frames."""
+        from .video import analyse_video
+
+        if self.detector is None:
+            raise FERError("video analysis needs a face detector: FER(detector='yunet')")
+        for _, result in analyse_video(source, self.predictor, self.detector, detect_every=detect_every,
+                                       smooth=smooth, max_frames=max_frames):
+            faces = self._faces(result.boxes, result)
+            for face, track in zip(faces, result.ids):
+                face.track_id = int(track)
+            yield result.index, faces
 
     def analyse_folder(self, folder, detect: bool = True, recursive: bool = False) -> Iterator[tuple]:
         """(image path, faces) for every image of a folder, in sorted order; unreadable images give no faces."""

@@ -6,6 +6,7 @@ panel already placed, to the free spot nearest its face. Sizes come from the fra
 
     overlay = Overlay(predictor.class_names)
     panels = overlay.draw(frame, boxes, probabilities, fps=24.0)   # panel rectangles [x, y, w, h]
+    overlay.draw_result(frame, result, fps=24.0)                    # a video pipeline's FrameResult
 """
 
 import zlib
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .tracking import overlap_area
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # BGR colours, one per emotion; names we do not know get a colour derived from their text.
@@ -73,12 +76,6 @@ def make_layout(width: int, height: int, class_names, top_k: int = 3) -> Layout:
 def clamp_rect(rect, width: int, height: int):
     x, y, w, h = rect
     return (int(min(max(x, 0), max(width - w, 0))), int(min(max(y, 0), max(height - h, 0))), int(w), int(h))
-
-
-def overlap_area(a, b) -> int:
-    dx = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    dy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    return max(dx, 0) * max(dy, 0)
 
 
 def inside(rect, width: int, height: int) -> bool:
@@ -193,6 +190,10 @@ class Overlay:
         for panel, probs in zip(self.panels, probabilities):
             self._panel(frame, L, panel, probs)
         return self.panels
+
+    def draw_result(self, frame: np.ndarray, result, fps: float | None = None) -> list:
+        """Draw a video pipeline's per-frame result (boxes, ids, probabilities) onto `frame`, in place."""
+        return self.draw(frame, result.boxes, result.probabilities, fps=fps, ids=result.ids)
 
     def _label(self, frame, L: Layout, text: str, box, colour):
         """The top emotion on a filled tab just above the box (inside its top edge at the frame's top)."""

@@ -7,6 +7,16 @@ from helpers_models import shared_models
 from synthetic import make_folder_dataset
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Scripts run in-process set the process's thread count (predictor.set_threads): undo it after each test."""
+    import torch
+
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """A folder with a random default model as fer_model.pth and its ONNX export, made once per session."""

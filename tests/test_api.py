@@ -47,6 +47,18 @@ def test_analyse_an_array_a_file_and_a_crop():
     assert fer.analyse(np.zeros((240, 320, 3), np.uint8)) == []
 
 
+def test_analyse_video_yields_tracked_faces_per_frame():
+    from helpers_models import TEST_VIDEO
+
+    fer = FER(tta=False)
+    frames = list(fer.analyse_video(TEST_VIDEO, max_frames=60, detect_every=1))
+    assert [i for i, _ in frames] == list(range(60))
+    counts = [len(faces) for _, faces in frames]
+    assert counts[:50] == [1] * 50 and all(c >= 1 for c in counts[50:])      # the clip: one face, then two
+    assert len({faces[0].track_id for _, faces in frames[:50]}) == 1          # one id for the same face
+    assert all(abs(sum(f.probabilities.values()) - 1) < 1e-4 for _, faces in frames for f in faces)
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
     from fer_common.cli import FERError
 

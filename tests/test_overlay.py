@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from fer_common.labels import EMOTIONS
-from fer_common.overlay import Overlay, inside, make_layout, overlap_area, place_panels, upscale_small
+from fer_common.overlay import Overlay, emotion_colour, inside, make_layout, place_panels, upscale_small
+from fer_common.tracking import overlap_area
+from fer_common.video import FrameResult
 
 
 def probs(n, seed=0):
@@ -60,3 +62,50 @@ def test_layout_is_cached_per_frame_size_and_fits_small_frames():
 def test_upscale_small_face_crop():
     frame, boxes = upscale_small(np.zeros((48, 48, 3), np.uint8), [[0, 0, 48, 48]])
     assert frame.shape[:2] == (360, 360) and boxes.tolist() == [[0, 0, 360, 360]]
+
+
+def one_hot_ish(top: str, p: float = 0.75):
+    row = np.full(len(EMOTIONS), (1 - p) / (len(EMOTIONS) - 1), np.float32)
+    row[EMOTIONS.index(top)] = p
+    return row[None]
+
+
+def test_what_is_drawn_for_one_face():
+    frame = np.zeros((360, 480, 3), np.uint8)
+    box = [100, 120, 80, 80]
+    result = FrameResult(0, 0.0, np.array([box]), [7], one_hot_ish("Happy"), np.zeros((1, 8), np.float32))
+    overlay = Overlay(EMOTIONS)
+    (panel,) = overlay.draw_result(frame, result, fps=12.5)
+    L = overlay.layout(480, 360)
+    happy = emotion_colour("Happy")
+
+    x, y, w, h = panel
+    assert inside(panel, 480, 360) and (x, y) == (100 + 80 + L.gap, 120)     # right of the face, inside the frame
+    assert overlap_area(panel, box) == 0
+    # the box's left edge is drawn (anti-aliased) in the top emotion's colour; inside the box nothing is drawn
+    assert np.abs(frame[160, 100].astype(int) - happy).max() <= 40 and not frame[160, 98].any()
+    assert not frame[140:190, 110:170].any()
+    # first row of the panel: Happy's bar, 75% filled in its colour, the rest of the bar grey
+    bx = x + L.pad + L.name_w + L.pad
+    mid = y + L.pad + 1 + (L.text_h - 1) // 2
+    filled = round(0.75 * L.bar_w)
+    assert tuple(frame[mid, bx + 1]) == happy
+    assert tuple(frame[mid, bx + filled - 2]) == happy
+    assert tuple(frame[mid, bx + filled + 1]) == (90, 90, 90)
+    # the FPS label is in the top-left corner; one face: no group label
+    assert len(overlay.hud) == 1 and overlay.hud[0][:2] == (0, 0) and frame[:overlay.hud[0][3], :overlay.hud[0][2]].any()
+    # the label tab above the box, in the top emotion's colour
+    lx, ly, lw, lh = overlay.labels[0]
+    assert ly + lh <= 120 and tuple(frame[ly + 1, lx + 1]) == happy
+
+
+def test_panel_bars_follow_the_probabilities():
+    frame = np.zeros((360, 480, 3), np.uint8)
+    overlay = Overlay(EMOTIONS)
+    overlay.draw(frame, [[100, 120, 80, 80]], one_hot_ish("Sad", 1.0))
+    L = overlay.layout(480, 360)
+    x, y, _, _ = overlay.panels[0]
+    bx = x + L.pad + L.name_w + L.pad
+    rows = [y + L.pad + 1 + r * L.row_h + (L.text_h - 1) // 2 for r in range(3)]
+    assert tuple(frame[rows[0], bx + L.bar_w - 2]) == emotion_colour("Sad")     # 100%: filled to the end
+    assert tuple(frame[rows[1], bx + 1]) == (90, 90, 90)                       # 0%: an empty grey bar

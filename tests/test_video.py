@@ -1,22 +1,21 @@
 import csv
+import json
 import re
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-import helpers_models  # noqa: F401  (first: puts the repo root, where the scripts are, on sys.path)
 import real_time_video
-from fer_common.cli import run_main
+from fer_common.cli import FERError, run_main
 from fer_common.detection import FaceDetector
+from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
-from fer_common.video import FaceTracker, VideoPipeline, run_video
-from helpers_models import TEST_VIDEO, run_script, shared_models
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_models(tmp_path_factory)
+from fer_common.summary import MATPLOTLIB_MISSING
+from fer_common.video import (FrameResult, VideoPipeline, VideoReader, analyse_video, csv_header, output_sinks,
+                               run_video)
+from helpers_models import TEST_IMAGE, TEST_VIDEO, run_script
 
 
 def read_video(path):
@@ -33,23 +32,6 @@ def read_video(path):
 def test_test_video_is_as_documented():
     (count, fps, w, h), frames = read_video(TEST_VIDEO)
     assert (count, frames, fps, w, h) == (80, 80, 20.0, 480, 360)
-
-
-def test_tracker_keeps_ids_and_smooths():
-    tracker = FaceTracker(smooth=0.5)
-    tracker.update_detections([[10, 10, 50, 50], [200, 10, 50, 50]], frame=0)
-    assert tracker.ids == [1, 2]
-    p0 = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    np.testing.assert_allclose(tracker.smooth_probabilities(p0), p0)
-    tracker.update_detections([[206, 12, 50, 50], [14, 10, 50, 50]], frame=3)     # moved a little, other order
-    assert tracker.ids == [1, 2]
-    np.testing.assert_allclose(tracker.boxes(6, (480, 640))[0], [18, 10, 50, 50])  # extrapolated between detections
-    p1 = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
-    np.testing.assert_allclose(tracker.smooth_probabilities(p1), [[0.5, 0.5], [0.0, 1.0]])
-    tracker.update_detections([[400, 300, 50, 50]], frame=6)     # a new face; the old ones missed once
-    assert sorted(tracker.ids) == [1, 2, 3]
-    tracker.update_detections([[402, 300, 50, 50]], frame=9)     # missed twice: dropped
-    assert tracker.ids == [3]
 
 
 def test_script_writes_video_and_csv(models, tmp_path):
@@ -89,7 +71,10 @@ def test_interrupted_run_leaves_a_playable_file(models, tmp_path):
             return predictor(crops)
 
     out = tmp_path / "cut.avi"
-    stats = run_video(Interrupting(), FaceDetector(), str(TEST_VIDEO), save_output=out, display=False, log=lambda m: None)
+    with VideoReader(str(TEST_VIDEO)) as reader:
+        pipeline = VideoPipeline(Interrupting(), FaceDetector(), fps=reader.clock_fps)
+        sinks = output_sinks(reader, predictor.class_names, save_output=out, display=False)
+        stats = run_video(pipeline.run(reader), sinks, total=reader.total)
     assert stats["interrupted"] and stats["frames"] == 10
     (_, fps, w, h), frames = read_video(out)
     assert (frames, fps, w, h) == (10, 20.0, 480, 360)
@@ -111,7 +96,7 @@ def test_pipeline_batches_all_faces_once_per_frame(models):
     cap = cv2.VideoCapture(str(TEST_VIDEO))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 60)
     for _ in range(4):
-        result = pipeline.process(cap.read()[1], fps=10.0)
+        result = pipeline.process(cap.read()[1])
         assert len(result.boxes) == len(result.ids) == len(result.probabilities) == 2
     assert sizes == [2, 2, 2, 2]
 
@@ -186,8 +171,98 @@ def test_pipeline_classifies_the_detectors_fer_framed_boxes(models):
     frame = cap.read()[1]
     cap.release()
     detector = FaceDetector(min_face=real_time_video.VIDEO_MIN_FACE, detect_size=real_time_video.VIDEO_DETECT_SIZE)
-    pipeline = VideoPipeline(Recording(), detector, detect_every=1, draw=False)
+    pipeline = VideoPipeline(Recording(), detector, detect_every=1)
     result = pipeline.process(frame)
     x, y, w, h = result.boxes[0]
     assert len(result.boxes) == 1 and w == h                         # a square FER-2013 crop, not the raw box
     assert shapes == [(h, w)]                                        # classified as it is, no extra margin
+
+
+def portrait_frames(n=6):
+    """The test portrait (512x512, one face) moving a few pixels right per frame, in a 512x640 frame."""
+    face = cv2.imread(str(TEST_IMAGE))
+    frames = []
+    for k in range(n):
+        frame = np.zeros((512, 640, 3), np.uint8)
+        frame[:face.shape[0], 3 * k:3 * k + face.shape[1]] = face
+        frames.append(frame)
+    return frames
+
+
+def test_pipeline_results_without_drawing(models):
+    predictor = Predictor(models / "fer_model.onnx")
+    frames = portrait_frames()
+    copies = [f.copy() for f in frames]
+    pipeline = VideoPipeline(predictor, FaceDetector(), detect_every=2, smooth=0.5, fps=20.0)
+    results = [r for _, r in pipeline.run(frames)]
+    assert [r.index for r in results] == list(range(6))
+    assert [r.time for r in results] == pytest.approx([k / 20 for k in range(6)])
+    for r in results:
+        assert isinstance(r, FrameResult) and len(r.boxes) == 1 and r.ids == [1]   # one face, one id throughout
+        assert r.probabilities.shape == (1, len(predictor.class_names))
+        assert r.probabilities.sum() == pytest.approx(1, abs=1e-5)                 # smoothed, still a distribution
+        assert r.embeddings.shape == (1, predictor.embedding_dim)
+        assert set(r.timings) == {"detect", "classify", "track"} and min(r.timings.values()) >= 0
+    assert [r.timings["detect"] > 0 for r in results] == [True, False] * 3          # detect_every 2, in the loop
+    assert all(np.array_equal(f, c) for f, c in zip(frames, copies))                # nothing drawn on the frames
+    x = [int(r.boxes[0][0]) for r in results]
+    assert x[0] < x[2] < x[4]                                                      # the box follows the face
+
+
+def test_analyse_video_yields_frames_and_results(models, tmp_path):
+    predictor = Predictor(models / "fer_model.onnx")
+    items = list(analyse_video(str(TEST_VIDEO), predictor, FaceDetector(), max_frames=5))
+    assert [r.index for _, r in items] == list(range(5))
+    assert [r.time for _, r in items] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])   # the file's clock, 20 fps
+    assert all(f.shape == (360, 480, 3) and len(r.boxes) == 1 for f, r in items)
+    with pytest.raises(FERError, match="video not found"):                          # at the call, not at next()
+        analyse_video(str(tmp_path / "nope.mp4"), predictor, FaceDetector())
+
+
+def test_script_summary_and_plot(models, tmp_path):
+    pytest.importorskip("matplotlib")
+    log, summary, plot = tmp_path / "log.csv", tmp_path / "summary.json", tmp_path / "faces.png"
+    r = run_script("real_time_video.py", "--video", TEST_VIDEO, "--checkpoint", models / "fer_model.onnx",
+                   "--max_frames", "20", "--no_display", "--log_csv", log, "--summary", summary, "--plot", plot,
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"face\s+seen \(s\)\s+frames\s+dominant", r.stdout)           # the table
+    data = json.loads(summary.read_text())
+    assert data["class_names"] == EMOTIONS and data["source"] == str(TEST_VIDEO)
+    ids = [f["face_id"] for f in data["faces"]]
+    assert ids and ids == sorted(set(ids))
+    for f in data["faces"]:
+        assert 0 <= f["first_seen_s"] <= f["last_seen_s"] <= 19 / 20
+        assert sum(f["emotion_shares"].values()) == pytest.approx(1, abs=1e-3)
+        assert f["dominant_emotion"] == max(f["emotion_shares"], key=f["emotion_shares"].get)
+    image = cv2.imread(str(plot))
+    assert image is not None and image.shape[0] > 200 and image.std() > 10             # a picture, not a blank
+    # the same summary from the log, without the video
+    again = tmp_path / "again.json"
+    with pytest.raises(SystemExit) as e:
+        run_main(real_time_video.main, real_time_video.get_args_parser(),
+                 ["--summary_from", str(log), "--summary", str(again)])
+    assert e.value.code == 0
+    assert json.loads(again.read_text())["faces"] == data["faces"]
+
+
+def test_plot_without_matplotlib_is_one_line_before_any_work(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # `import matplotlib` now raises ImportError
+    args = ["--video", str(TEST_VIDEO), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",
+            "--plot", str(tmp_path / "faces.png")]
+    with pytest.raises(SystemExit) as e:
+        run_main(real_time_video.main, real_time_video.get_args_parser(), args)
+    assert e.value.code == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"error: {MATPLOTLIB_MISSING}"] and "pip install matplotlib" in err
+    assert "model:" not in out and not list(tmp_path.iterdir())                      # no model loaded, nothing written
+
+
+def test_summary_from_refuses_video_flags(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    log.write_text(",".join(csv_header(EMOTIONS)) + "\n")
+    with pytest.raises(SystemExit):
+        run_main(real_time_video.main, real_time_video.get_args_parser(),
+                 ["--summary_from", str(log), "--video", str(TEST_VIDEO)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--summary_from" in err[0]

@@ -1,0 +1,109 @@
+"""Face tracks across video frames: ids by IoU matching, boxes extrapolated between detections, smoothed probabilities.
+
+Rectangles are [x, y, w, h] everywhere; `overlap_area` is the one rectangle-overlap rule of the toolkit
+(the overlay places its panels with it too).
+
+    tracker = FaceTracker(smooth=0.5)
+    tracker.update_detections(detector.detect(frame), frame=i)      # every few frames
+    boxes, ids = tracker.boxes(i, frame.shape), tracker.ids          # every frame
+    shown = tracker.smooth_probabilities(predictor(crop_faces(frame, boxes)).probabilities)
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def overlap_area(a, b) -> float:
+    """Area of the intersection of two [x, y, w, h] rectangles (0 when they do not overlap or only touch)."""
+    dx = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    dy = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(dx, 0) * max(dy, 0)
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two [x, y, w, h] rectangles, in [0, 1]; 0 for empty rectangles."""
+    inter = overlap_area(a, b)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    id: int
+    box: np.ndarray                       # float [x, y, w, h] at the last detection
+    velocity: np.ndarray                  # box change per frame, from the last two detections
+    frame: int                            # frame index of the last detection
+    probabilities: np.ndarray | None = None   # smoothed
+    missed: int = 0                       # detection rounds in a row without a match
+
+    def box_at(self, frame: int) -> np.ndarray:
+        return self.box + self.velocity * (frame - self.frame)
+
+
+@dataclass
+class FaceTracker:
+    """Face ids across frames by greedy IoU matching, constant-velocity boxes between detections,
+    and an exponential moving average of each face's probabilities.
+
+    smooth: weight of the history, 0 = no smoothing; p_shown = smooth * p_previous + (1 - smooth) * p_now.
+    iou_threshold: the least IoU between a track's predicted box and a detection for them to be one face.
+    max_missed: detection rounds a face may go undetected before it is dropped (Haar misses single frames).
+    """
+    smooth: float = 0.5
+    iou_threshold: float = 0.3
+    max_missed: int = 1
+    tracks: list = field(default_factory=list)
+    next_id: int = 1
+
+    def update_detections(self, boxes, frame: int) -> None:
+        """Match a detection round's boxes to the tracks; new faces get new ids, lost ones are dropped."""
+        boxes = [np.asarray(b, np.float64) for b in boxes]
+        pairs = sorted(((iou(t.box_at(frame), b), ti, bi) for ti, t in enumerate(self.tracks)
+                        for bi, b in enumerate(boxes)), reverse=True)
+        matched_t, matched_b = set(), set()
+        for score, ti, bi in pairs:
+            if score < self.iou_threshold:
+                break
+            if ti in matched_t or bi in matched_b:
+                continue
+            t = self.tracks[ti]
+            if frame > t.frame:
+                t.velocity = (boxes[bi] - t.box) / (frame - t.frame)
+            t.box, t.frame, t.missed = boxes[bi], frame, 0
+            matched_t.add(ti)
+            matched_b.add(bi)
+        kept = []
+        for ti, t in enumerate(self.tracks):
+            if ti not in matched_t:
+                t.missed += 1
+            if t.missed <= self.max_missed:
+                kept.append(t)
+        for bi, b in enumerate(boxes):
+            if bi not in matched_b:
+                kept.append(Track(self.next_id, b, np.zeros(4), frame))
+                self.next_id += 1
+        self.tracks = sorted(kept, key=lambda t: t.box_at(frame)[0])
+
+    def boxes(self, frame: int, shape) -> np.ndarray:
+        """Each track's box at `frame` (extrapolated), as ints clipped into an image of `shape`."""
+        h, w = shape[:2]
+        out = []
+        for t in self.tracks:
+            x, y, bw, bh = t.box_at(frame)
+            x0, y0 = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+            x1, y1 = np.clip(x + bw, x0 + 1, w), np.clip(y + bh, y0 + 1, h)
+            out.append([x0, y0, x1 - x0, y1 - y0])
+        return np.round(np.asarray(out, np.float64).reshape(-1, 4)).astype(np.int32)
+
+    def smooth_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """EMA per track (rows in self.tracks order); a new face starts from its first probabilities."""
+        out = np.empty_like(probabilities)
+        for k, (t, p) in enumerate(zip(self.tracks, probabilities)):
+            t.probabilities = p if t.probabilities is None else self.smooth * t.probabilities + (1 - self.smooth) * p
+            out[k] = t.probabilities
+        return out
+
+    @property
+    def ids(self) -> list[int]:
+        return [t.id for t in self.tracks]
