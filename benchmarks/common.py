@@ -37,12 +37,22 @@ def cpu_flags() -> set:
 
 
 def busy_processes() -> list[str]:
-    """Other heavy jobs we know of (a training run), so a table taken under load says so."""
+    """Other heavy jobs we know of (a training run) that are running, so a table taken under load says so.
+
+    A run paused for the benchmark (kill -STOP: state T in /proc) does not count."""
     try:
         out = subprocess.run(["pgrep", "-f", "fine_tuning.py"], capture_output=True, text=True, timeout=5).stdout
-        return [pid for pid in out.split() if pid.isdigit() and int(pid) != os.getpid()]
     except (OSError, subprocess.SubprocessError):
         return []
+    return [pid for pid in out.split() if pid.isdigit() and int(pid) != os.getpid() and not _stopped(pid)]
+
+
+def _stopped(pid: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] in "tT"
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def machine_info() -> dict:
