@@ -81,10 +81,15 @@ class FolderDataset(torch.utils.data.Dataset):
 
 
 def collate_skip_unreadable(batch):
-    """Drop unreadable images (None) from a batch; the loaders count them."""
+    """Stack a batch, putting readable images of the same batch in the place of unreadable ones (None).
+
+    The batch keeps its size, so every process of a distributed run takes the same number of steps; only a
+    batch with no readable image at all comes back empty.
+    """
     good = [b for b in batch if b is not None]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    good = [good[i % len(good)] for i in range(len(batch))]
     return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good])
 
 

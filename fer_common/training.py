@@ -283,6 +283,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=quiet)
     for images, labels in bar:
         if len(labels) == 0:
+            if dist.is_available() and dist.is_initialized():
+                # Skipping would leave the other processes waiting for this one's gradients for ever.
+                raise FERError("a whole training batch was unreadable images: check the data set's files")
             continue
         x = to_model_input(images, device, prep, train=True)
         y = labels.to(device, non_blocking=True)

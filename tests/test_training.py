@@ -189,3 +189,13 @@ def test_streaming_loader_trains_too(tiny_data, tmp_path):
                    "--no_cache", "--output_model", tmp_path / "m.pth", "--output_onnx", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr
     assert "streamed from disk" in r.stdout and (tmp_path / "m.onnx").is_file()
+
+
+def test_streaming_batches_keep_their_size_around_unreadable_images():
+    from fer_common.data import collate_skip_unreadable
+
+    good = (torch.zeros(1, 48, 48, dtype=torch.uint8), 3)
+    images, labels = collate_skip_unreadable([good, None, (torch.ones(1, 48, 48, dtype=torch.uint8), 5), None])
+    assert images.shape == (4, 1, 48, 48) and labels.tolist() == [3, 5, 3, 5]
+    images, labels = collate_skip_unreadable([None, None])
+    assert len(images) == len(labels) == 0
