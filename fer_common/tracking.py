@@ -49,6 +49,8 @@ class FaceTracker:
     smooth: weight of the history, 0 = no smoothing; p_shown = smooth * p_previous + (1 - smooth) * p_now.
     iou_threshold: the least IoU between a track's predicted box and a detection for them to be one face.
     max_missed: detection rounds a face may go undetected before it is dropped (Haar misses single frames).
+        A track that missed its latest round is kept, so the face gets its id back when it is found again,
+        but it is not shown: its extrapolated box may hold no face at all (a scene cut, a face that left).
     """
     smooth: float = 0.5
     iou_threshold: float = 0.3
@@ -85,11 +87,16 @@ class FaceTracker:
                 self.next_id += 1
         self.tracks = sorted(kept, key=lambda t: t.box_at(frame)[0])
 
+    @property
+    def visible(self) -> list:
+        """The tracks found in the latest detection round: the faces shown and classified."""
+        return [t for t in self.tracks if t.missed == 0]
+
     def boxes(self, frame: int, shape) -> np.ndarray:
-        """Each track's box at `frame` (extrapolated), as ints clipped into an image of `shape`."""
+        """Each visible track's box at `frame` (extrapolated), as ints clipped into an image of `shape`."""
         h, w = shape[:2]
         out = []
-        for t in self.tracks:
+        for t in self.visible:
             x, y, bw, bh = t.box_at(frame)
             x0, y0 = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
             x1, y1 = np.clip(x + bw, x0 + 1, w), np.clip(y + bh, y0 + 1, h)
@@ -97,13 +104,13 @@ class FaceTracker:
         return np.round(np.asarray(out, np.float64).reshape(-1, 4)).astype(np.int32)
 
     def smooth_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
-        """EMA per track (rows in self.tracks order); a new face starts from its first probabilities."""
+        """EMA per visible track (rows in `boxes` order); a new face starts from its first probabilities."""
         out = np.empty_like(probabilities)
-        for k, (t, p) in enumerate(zip(self.tracks, probabilities)):
+        for k, (t, p) in enumerate(zip(self.visible, probabilities)):
             t.probabilities = p if t.probabilities is None else self.smooth * t.probabilities + (1 - self.smooth) * p
             out[k] = t.probabilities
         return out
 
     @property
     def ids(self) -> list[int]:
-        return [t.id for t in self.tracks]
+        return [t.id for t in self.visible]

@@ -117,7 +117,7 @@ class VideoPipeline:
             # a copy: the caller may draw on its frame while the worker still reads it
             self._pending = (i, self._pool.submit(self._detect, frame.copy()))
             self._last_detection = i
-        if self._pending is not None and not self.tracker.tracks:
+        if self._pending is not None and not self.tracker.visible:
             seconds += self._take_detection()    # no face known: wait, there are no boxes to classify without it
         return seconds
 

@@ -35,16 +35,18 @@ def test_tracker_keeps_ids_and_smooths():
     p1 = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
     np.testing.assert_allclose(tracker.smooth_probabilities(p1), [[0.5, 0.5], [0.0, 1.0]])
     tracker.update_detections([[400, 300, 50, 50]], frame=6)     # a new face; the old ones missed once
-    assert sorted(tracker.ids) == [1, 2, 3]
-    tracker.update_detections([[402, 300, 50, 50]], frame=9)     # missed twice: dropped
-    assert tracker.ids == [3]
+    assert tracker.ids == [3] and len(tracker.boxes(6, (480, 640))) == 1    # missed faces are kept, not shown
+    assert sorted(t.id for t in tracker.tracks) == [1, 2, 3]
+    tracker.update_detections([[402, 300, 50, 50], [26, 10, 50, 50]], frame=9)   # face 1 found again: its id
+    assert sorted(tracker.ids) == [1, 3]                                         # face 2 missed twice: dropped
+    assert sorted(t.id for t in tracker.tracks) == [1, 3]
 
 
 def test_tracker_gives_a_new_id_below_the_iou_threshold():
     tracker = FaceTracker(iou_threshold=0.3)
     tracker.update_detections([[0, 0, 100, 100]], frame=0)
     tracker.update_detections([[60, 0, 100, 100]], frame=1)       # IoU 40/160 = 0.25: another face
-    assert sorted(tracker.ids) == [1, 2]
+    assert tracker.ids == [2] and sorted(t.id for t in tracker.tracks) == [1, 2]   # face 1 missed: kept, hidden
     tracker = FaceTracker(iou_threshold=0.3)
     tracker.update_detections([[0, 0, 100, 100]], frame=0)
     tracker.update_detections([[40, 0, 100, 100]], frame=1)       # IoU 60/140 = 0.43: the same face
