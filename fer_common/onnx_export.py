@@ -139,3 +139,33 @@ def check_graph(proto, path, info: dict) -> None:
     if len(logits) != 2 or (logits[1] is not None and logits[1] != n):
         raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
                        f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")
+
+
+def get_args_parser():
+    from . import cli
+
+    parser = cli.make_parser("Export a checkpoint of this toolkit to ONNX (the training scripts do this at the end of "
+                             "a run; this re-exports any checkpoint, its calibration included).\n\n"
+                             "    python -m fer_common.onnx_export fer_model.pth fer_model.onnx")
+    parser.add_argument("checkpoint", type=cli.existing_file, help="a .pth checkpoint written by this toolkit")
+    parser.add_argument("output", type=cli.output_file(".onnx"), help="the ONNX file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def main(args):
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .files import check_output_files
+
+    check_output_files({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
+    export_onnx(model, args.output, ckpt["model_type"], ckpt["class_names"], ckpt["preprocessing"],
+                calibration=ckpt.get("calibration"))
+    print(f"ONNX model -> {args.output}")
+
+
+if __name__ == "__main__":
+    from .cli import run_main
+
+    run_main(main, get_args_parser())

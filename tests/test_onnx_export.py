@@ -56,3 +56,23 @@ def test_metadata_of_foreign_or_missing_files(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(FERError, match="not a readable ONNX file"):
         read_onnx_metadata(tmp_path / "junk.onnx")
+
+
+def test_export_cli_re_exports_a_checkpoint_with_its_calibration(tmp_path):
+    import subprocess
+    import sys
+
+    from fer_common.checkpoint import load_checkpoint, save_checkpoint
+    from helpers_models import save_default
+    from synthetic import REPO
+
+    save_default(tmp_path / "m.pth")
+    ckpt = load_checkpoint(tmp_path / "m.pth")
+    ckpt["calibration"] = {"temperature": 1.5}
+    save_checkpoint(ckpt, tmp_path / "m.pth")
+    cmd = [sys.executable, "-m", "fer_common.onnx_export", str(tmp_path / "m.pth"), str(tmp_path / "m.onnx")]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert read_onnx_metadata(tmp_path / "m.onnx")["calibration"] == {"temperature": 1.5}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "already exists" in r.stderr
