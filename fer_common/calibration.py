@@ -38,6 +38,19 @@ def fit_temperature(logits, labels, max_iter: int = 100) -> float:
     return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
 
 
+def fit_calibration(logits, labels, fitted_on: str) -> dict:
+    """Fit T on (logits, labels); the `calibration` entry a checkpoint and ONNX metadata store.
+
+    T stays 1 when fitting does not lower the ECE (too few images for a trustworthy fit)."""
+    temperature = fit_temperature(logits, labels)
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits, temperature), labels)
+    if after > before:
+        temperature, after = 1.0, before
+    return {"temperature": temperature, "fitted_on": fitted_on, "images": int(len(labels)),
+            "ece_before": before, "ece_after": after}
+
+
 def calibration_bins(probabilities, labels, bins: int = BINS):
     """Per confidence bin (equal width on [0, 1]): (count, mean confidence, accuracy) of the top prediction."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -113,12 +126,12 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     import json
     from pathlib import Path
 
+    from .bulk import iter_results
     from .checkpoint import load_checkpoint, save_checkpoint
     from .cli import FERError
     from .data import list_samples
     from .files import check_writable
     from .predictor import Predictor
-    from .preprocess import read_image
 
     model_path, output = Path(model_path), Path(output)
     check_writable(output, "calibrated model", overwrite=overwrite)
@@ -131,24 +144,14 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
         raise FERError(f"{data} has classes the model {model_path} does not know: {', '.join(unknown)} "
                        f"(it predicts {', '.join(predictor.class_names)})")
     to_model = [predictor.class_names.index(c) for c in folder_classes]
-    logits, labels = [], []
-    for start in range(0, len(samples), batch_size):
-        batch = [(read_image(p, predictor.preprocessing["channels"]), y) for p, y in samples[start:start + batch_size]]
-        batch = [(im, y) for im, y in batch if im is not None]
-        if batch:
-            raw = predictor.predict([im for im, _ in batch], bgr=False, temperature=1.0).probabilities
-            logits.append(np.log(np.maximum(raw, 1e-12)))   # log-probabilities: logits up to a shift per row
-            labels += [to_model[y] for _, y in batch]
-    if not labels:
+    raw = predictor.with_temperature(1.0)     # the uncalibrated probabilities, through the bulk reader
+    results = [r for r in iter_results(raw, [str(p) for p, _ in samples], batch_size=batch_size) if r.error is None]
+    if not results:
         raise FERError(f"no readable images in {data}")
-    logits, labels = np.concatenate(logits), np.asarray(labels)
-    temperature = fit_temperature(logits, labels)
-    before = expected_calibration_error(softmax(logits), labels)
-    after = expected_calibration_error(softmax(logits, temperature), labels)
-    if after > before:
-        temperature, after = 1.0, before
-    result = {"temperature": temperature, "fitted_on": str(data), "images": int(len(labels)),
-              "ece_before": before, "ece_after": after}
+    # log-probabilities are the logits up to a shift per row, which softmax ignores
+    logits = np.log(np.maximum(np.concatenate([r.probabilities for r in results]), 1e-12))
+    labels = np.asarray([to_model[samples[r.index][1]] for r in results])
+    result = fit_calibration(logits, labels, str(data))
     if model_path.suffix.lower() == ".onnx":
         import onnx
         proto = onnx.load(str(model_path))

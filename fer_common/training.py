@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as fdata
-from .calibration import expected_calibration_error, fit_temperature, softmax
+from .calibration import fit_calibration
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from . import cli
 from .cli import FERError, add_device_args
@@ -122,7 +122,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, generator=None):
     """Mixup (Zhang et al. 2018): blend each image with a partner; returns (x, y, partner labels, lambda)."""
-    lam = float(np.random.default_rng(int(torch.randint(1 << 31, (1,), generator=generator))).beta(alpha, alpha))
+    lam = float(np.random.beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     return x * lam + x[perm] * (1 - lam), y, y[perm], lam
 
@@ -144,8 +144,8 @@ class Teachers:
                 raise FERError(f"teacher {path} takes {ckpt['preprocessing']['channels']}-channel images, "
                                f"the student {student_prep['channels']}-channel ones")
             self.models.append(model_from_checkpoint(ckpt, path).to(device).eval())
-            self.preps.append(ckpt["preprocessing"])
-        self.student_prep = student_prep
+            self.preps.append((tuple(ckpt["preprocessing"]["input_size"]), *_mean_std(ckpt["preprocessing"], device)))
+        self.student_mean, self.student_std = _mean_std(student_prep, device)
 
     def soft_targets(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the teachers' softmax(logits / T) for the student's normalised batch x."""
@@ -153,21 +153,21 @@ class Teachers:
 
     @torch.inference_mode()
     def _soft_targets(self, x: torch.Tensor) -> torch.Tensor:
-        sp = self.student_prep
-        mean = torch.tensor(sp["mean"], device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(sp["std"], device=x.device).view(1, -1, 1, 1)
-        unit = x.float() * std + mean                       # back to [0, 1] pixels
+        unit = x.float() * self.student_std + self.student_mean     # back to [0, 1] pixels
         total = 0
-        for model, prep in zip(self.models, self.preps):
+        for model, (size, mean, std) in zip(self.models, self.preps):
             t = unit
-            if tuple(t.shape[-2:]) != tuple(prep["input_size"]):
-                t = torch.nn.functional.interpolate(t, size=tuple(prep["input_size"]), mode="bilinear",
-                                                    align_corners=False)
-            t = (t - torch.tensor(prep["mean"], device=x.device).view(1, -1, 1, 1)) / \
-                torch.tensor(prep["std"], device=x.device).view(1, -1, 1, 1)
-            logits, _ = model(t.contiguous(memory_format=torch.channels_last))
+            if tuple(t.shape[-2:]) != size:
+                t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            logits, _ = model(((t - mean) / std).contiguous(memory_format=torch.channels_last))
             total = total + torch.softmax(logits.float() / self.temperature, dim=1)
         return total / len(self.models)
+
+
+def _mean_std(prep: dict, device) -> tuple:
+    """A preprocessing config's mean and std as 1 x C x 1 x 1 tensors on `device`."""
+    return (torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1),
+            torch.tensor(prep["std"], device=device).view(1, -1, 1, 1))
 
 
 def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -331,15 +331,10 @@ def collect_logits(model, loader, device, prep, amp=None):
 def calibrate(model, val_loader, device, prep, amp, log=print) -> dict:
     """Fit the temperature on the validation split; the dict the checkpoint and ONNX metadata store."""
     logits, labels = collect_logits(model, val_loader, device, prep, amp)
-    temperature = fit_temperature(logits, labels)
-    before = expected_calibration_error(softmax(logits), labels)
-    after = expected_calibration_error(softmax(logits, temperature), labels)
-    if after > before:   # too few images for a trustworthy fit: keep the probabilities as they are
-        temperature, after = 1.0, before
-    log(f"calibration: temperature {temperature:.3f} fitted on the validation split; expected calibration "
-        f"error {before * 100:.2f}% -> {after * 100:.2f}%")
-    return {"temperature": temperature, "fitted_on": "validation split", "images": int(len(labels)),
-            "ece_before": before, "ece_after": after}
+    result = fit_calibration(logits, labels, "validation split")
+    log(f"calibration: temperature {result['temperature']:.3f} fitted on the validation split; expected "
+        f"calibration error {result['ece_before'] * 100:.2f}% -> {result['ece_after'] * 100:.2f}%")
+    return result
 
 
 @torch.inference_mode()
