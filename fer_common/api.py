@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .cli import FERError
+from .errors import FERError
 from .detection import FaceDetector, crop_faces
 from .preprocess import read_image
 

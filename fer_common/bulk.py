@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from .cli import FERError
+from .errors import FERError
 from .detection import crop_faces
 from .device import cpu_count
 from .files import IMAGE_EXTENSIONS, check_writable

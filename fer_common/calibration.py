@@ -128,7 +128,7 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
 
     from .bulk import iter_results
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .cli import FERError
+    from .errors import FERError
     from .data import list_samples
     from .files import check_writable
     from .predictor import Predictor

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import FERError
+from .errors import FERError
 from .files import save_torch
 from .labels import EMOTIONS
 from .models import MODEL_TYPES, create_model, default_preprocessing

@@ -7,9 +7,8 @@ import os
 import re
 import sys
 
-
-class FERError(Exception):
-    """A problem with the user's input or environment, told in one line (no traceback)."""
+from .errors import FERError
+from .files import VIDEO_EXTENSIONS, writable_image_extension
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -143,8 +142,6 @@ def output_file(*suffixes: str):
 
 def image_output(text: str) -> str:
     """An annotated-image output: a file with an extension OpenCV can write in colour, or a folder."""
-    from .files import writable_image_extension
-
     path = path_arg(text)
     suffix = os.path.splitext(path)[1].lower()
     if suffix and not os.path.isdir(path) and not writable_image_extension(suffix):
@@ -154,8 +151,6 @@ def image_output(text: str) -> str:
 
 
 def video_output(text: str) -> str:
-    from .files import VIDEO_EXTENSIONS
-
     path = output_file(*sorted(VIDEO_EXTENSIONS))(text)
     return path
 

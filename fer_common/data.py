@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli import FERError
+from .errors import FERError
 from .files import IMAGE_EXTENSIONS
 from .labels import MIN_CLASSES, class_name
 from .device import cpu_count

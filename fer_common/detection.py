@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import cli
-from .cli import FERError
+from .errors import FERError
 from .shipped import SHIPPED_MODELS_DIR
 
 DETECTORS = ("yunet", "haar")

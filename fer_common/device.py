@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .cli import FERError
+from .errors import FERError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import requests
 from tqdm import tqdm
 
-from .cli import FERError
+from .errors import FERError
 from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
 from .files import make_temp_dir, replace_dir, write_json
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cli import FERError
+from .errors import FERError
 from .files import IMAGE_EXTENSIONS
 from .labels import EMOTIONS, canonical_name, sort_splits
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from . import cli
-from .cli import FERError
+from .errors import FERError
 from .labels import NUM_CLASSES
 from .preprocess import ADVANCED_PREPROCESSING, DEFAULT_PREPROCESSING
 

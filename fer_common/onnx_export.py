@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import FERError
+from .errors import FERError
 from .files import atomic_path
 
 LOGITS_TOLERANCE = 1e-4

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .cli import FERError
+from .errors import FERError
 from .files import atomic_path
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import FERError
+from .errors import FERError
 from .device import cpu_count
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import FERError
+from .errors import FERError
 from .files import make_temp_dir, replace_dir, write_json
 from .fer2013 import is_image_name
 from .labels import EMOTIONS, MIN_CLASSES, class_name

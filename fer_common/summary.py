@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli import FERError
+from .errors import FERError
 from .files import atomic_path
 
 MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed here: pip install matplotlib"

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cli
-from .cli import FERError
+from .errors import FERError
 from .detection import crop_faces
 from .files import atomic_path
 from .overlay import Overlay
