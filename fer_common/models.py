@@ -1,7 +1,10 @@
 """The two models. Both map a face batch to (logits, embedding); return_embedding=True gives the embedding alone."""
 
+import argparse
 import contextlib
 import socket
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -90,7 +93,6 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
         raise FERError(f"timm does not know the backbone '{name}' (see timm.list_models(), e.g. swin_tiny_patch4_window7_224)")
     if pretrained_weights:
         # Loaded strictly by us: timm's own loader only warns about weights that do not fit (strict=False).
-        from .checkpoint import load_backbone_weights
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         load_backbone_weights(model, pretrained_weights)
         return model
@@ -101,10 +103,55 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_weights: str
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained:
             raise
-        if pretrained_weights:
-            raise FERError(f"could not load pretrained weights from {pretrained_weights}: {str(e).splitlines()[0]}") from None
         raise FERError(f"could not download ImageNet weights for {name} (offline?): give a local file with "
                        f"--pretrained_weights PATH, or train from scratch with --no_pretrained") from None
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path) -> None:
+    """Load a timm or torchvision state dict of `backbone` from `path` (.pth/.pt/.bin or .safetensors), strictly:
+    every weight of the backbone must be in the file with its shape. Only the file's classifier head, which a
+    headless backbone no longer has, may be left over. Weights of another model are an error, not a warning."""
+    path = Path(path)
+    if not path.is_file():
+        raise FERError(f"pretrained weights file not found: {path}")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FERError(f"--pretrained_weights {path} is not a readable weights file "
+                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):     # training checkpoints wrap the weights
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise FERError(f"--pretrained_weights {path} holds no state dict (a dict of weight tensors)")
+    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
+    if all(k.startswith("backbone.") for k in state):            # a whole AdvancedFER's backbone part
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    own = backbone.state_dict()
+    # timm's own conversion (torchvision or original-repo key names -> timm's), as its loader would apply.
+    convert = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+    if convert is not None and any(k not in own for k in state):
+        try:
+            converted = convert(dict(state), backbone)
+            if isinstance(converted, dict) and converted:
+                state = converted
+        except Exception:   # not convertible: the checks below say what does not fit
+            pass
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    head = ("head", "fc.", "classifier", "last_linear")
+    extra = [k for k in state if k not in own and not any(h in k for h in head)]
+    if missing or wrong or extra:
+        what = (f"{len(missing)} of its {len(own)} weights are missing (e.g. {missing[0]})" if missing
+                else f"shapes differ ({wrong[0]})" if wrong else f"it has weights the backbone lacks (e.g. {extra[0]})")
+        raise FERError(f"--pretrained_weights {path} does not fit the backbone: {what}; is it the state dict of "
+                       f"this --backbone?")
+    backbone.load_state_dict({k: state[k] for k in own})
 
 
 @contextlib.contextmanager
@@ -176,7 +223,6 @@ def add_model_args(parser, model_type: str):
 
 
 def _widths(text: str) -> tuple:
-    import argparse
     try:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
