@@ -8,7 +8,7 @@ import re
 import sys
 
 from .errors import FERError
-from .files import VIDEO_EXTENSIONS, writable_image_extension
+from .files import VIDEO_EXTENSIONS, os_error_text, writable_image_extension
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -232,6 +232,10 @@ def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
     Anything else still ends in one line (asking for a report), never a traceback.
     """
     quiet_native_logs()
+    # A file name that is not UTF-8 (a lone surrogate in Python) is printed with its bytes escapes, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     try:
         code = main(args)
@@ -249,6 +253,9 @@ def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
         # The reader went away (`... | head`): stop quietly, as command-line tools do.
         sys.stderr.close()
         sys.exit(141)
+    except OSError as e:    # the disk or the OS refused (full, read-only, no permission): name the file and why
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # last resort: still one line, but each known case has its own message
         first = (str(e).strip().splitlines() or [""])[0][:300]
         print(f"error: unexpected {type(e).__name__}: {first} (please report)", file=sys.stderr)

@@ -1,9 +1,13 @@
 """File helpers: which files are images, and atomic writes (a file appears complete under its final name, or not at all)."""
 
 import contextlib
+import errno
 import functools
+import hashlib
 import json
+import math
 import os
+import stat
 import shutil
 import tempfile
 import time
@@ -74,48 +78,111 @@ def write_image(path, image, params=()) -> None:
         ok = False
     if not ok:
         raise FERError(f"cannot encode {path} (unsupported extension?)")
-    try:
-        with atomic_path(path, suffix=path.suffix) as tmp:
-            tmp.write_bytes(data.tobytes())
-    except OSError as e:
-        raise FERError(f"cannot write {path} ({e.strerror})") from None
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+# Longest file name most file systems take (NAME_MAX, in bytes); temporary names are kept within it.
+NAME_MAX = 255
+
+
+def _temp_prefix(name: str, tag: str, room: int = 40) -> str:
+    """A hidden prefix for a temporary file or folder next to `name`: `.<name>.<tag>` while the whole
+    temporary name (with the random part and suffix, `room` bytes) fits NAME_MAX, else a short hash of it."""
+    prefix = f".{name}.{tag}"
+    if len(os.fsencode(prefix)) + room <= NAME_MAX:
+        return prefix
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    return f".fer-{digest}.{tag}"
+
+
+def _temp_suffix(suffix: str | None) -> str:
+    """The extension a writer needs (cv2.VideoWriter picks the codec from it), if it is a short one."""
+    suffix = suffix or ".tmp"
+    return suffix if len(os.fsencode(suffix)) <= 16 else ".tmp"
+
+
+def os_error_text(e: OSError) -> str:
+    """What went wrong, in words (`No space left on device`), with the file the OS names when it names one."""
+    why = e.strerror or str(e) or type(e).__name__
+    return why + (f" ({os.fsdecode(e.filename)})" if e.filename else "")
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
 
-    The temporary file lives in the same folder so the final `os.replace` is atomic.
-    `suffix` keeps an extension that a writer may need (cv2.VideoWriter picks the codec from it).
+    The temporary file lives in the same folder so the final `os.replace` is atomic; its name fits the file
+    system's limit however long `path`'s name is. `suffix` keeps an extension that a writer may need
+    (cv2.VideoWriter picks the codec from it). A failed write (a full or read-only disk, no permission:
+    any OSError in the block or in the rename) becomes one FERError naming `path`; the temporary file is
+    always removed, and an existing `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, ""), suffix=_temp_suffix(suffix), dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise FERError(f"cannot write {path}: {os_error_text(e)}") from None
+    try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            raise
+        raise FERError(f"cannot write {path}: {os_error_text(e)}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with contextlib.suppress(OSError):
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+
+
+def strict_json_value(obj):
+    """`obj` made fit for strict JSON (RFC 8259, which has no NaN or Infinity): non-finite floats become None
+    (null), numpy scalars and arrays plain numbers and lists, tuples lists, and strings holding lone surrogates
+    (file names that are not UTF-8) their bytes written as backslash escapes (`\\xff.jpg`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {strict_json_value(k) if isinstance(k, str) else k: strict_json_value(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+        return strict_json_value(obj.tolist())
+    return obj
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps for every JSON the toolkit writes: strict (see strict_json_value), so any parser reads it."""
+    return json.dumps(strict_json_value(obj), allow_nan=False, **kwargs)
 
 
 def write_json(path, obj) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    """Write `obj` as indented, strict JSON (NaN and infinities as null, see strict_json_value), atomically."""
+    text = strict_json(obj, indent=2) + "\n"
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def save_torch(obj, path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically (a failed write is one FERError; nothing is left behind)."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        # Through a Python file, so a full disk is an OSError (torch's own writer raises a RuntimeError).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def check_writable(path, what: str = "output", overwrite: bool = False) -> Path:
@@ -132,6 +199,47 @@ def check_writable(path, what: str = "output", overwrite: bool = False) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise FERError(f"cannot write {what} {path}: folder {path.parent} is not writable")
     return path
+
+
+def check_regular_file(path, what: str = "input", folder_ok: bool = False) -> Path:
+    """Refuse, in one line, what is not a regular file (or, with `folder_ok`, a folder): a FIFO, a device such as
+    /dev/zero or a socket would block or never end when read. Links are followed; a missing path is refused too."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FERError(f"{what} {path} is a symbolic link loop") from None
+        raise FERError(f"{what} {path} cannot be read: {os_error_text(e)}") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return path
+    if stat.S_ISDIR(mode):
+        raise FERError(f"{what} {path} is a folder, not a file")
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise FERError(f"{what} {path} is {kind}: give a regular file" + (" or a folder" if folder_ok else ""))
+
+
+def is_inside(path, folder) -> bool:
+    """True if `path` is `folder` or lies anywhere below it, once links, `..` and case are resolved."""
+    p, f = _key(path), _key(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_outside(outputs: dict, data: dict) -> None:
+    """Refuse an output (file or folder) that is a data folder or lies inside one: the next run would read
+    what this one wrote as data (a picture in a class folder is one more image of that class).
+
+    `outputs` and `data` map a flag (or a description) to a path, as check_outputs_distinct; None is skipped.
+    Links are resolved, so an output reached through a link into the data set is refused too."""
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        for data_flag, folder in data.items():
+            if folder and is_inside(path, folder):
+                where = "is" if _key(path) == _key(folder) else "is inside"
+                raise FERError(f"{flag} {path} {where} the data folder {data_flag} {folder}: the next run would "
+                               f"read what this one writes as data; choose a path outside it")
 
 
 def same_file(a, b) -> bool:
@@ -183,8 +291,12 @@ def check_output_files(outputs: dict, overwrite: bool = False, inputs: dict | No
 # ---------------------------------------------------------------- folders written whole
 
 def make_temp_dir(final: Path) -> Path:
-    """A hidden, empty folder next to `final`, to be renamed onto it once complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    """A hidden, empty folder next to `final`, to be renamed onto it once complete (its name fits NAME_MAX)."""
+    final = Path(final)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final.name, "tmp-"), dir=final.parent))
+    except OSError as e:
+        raise FERError(f"cannot create {final}: {os_error_text(e)}") from None
     # mkdtemp makes it private (0700); the data set should get the usual permissions.
     umask = os.umask(0)
     os.umask(umask)
@@ -194,10 +306,11 @@ def make_temp_dir(final: Path) -> Path:
 
 def replace_dir(new: Path, output: Path) -> None:
     """Rename new onto output; an old output is removed only once the new one is in place."""
+    output = Path(output)
     if not output.exists():
         os.rename(new, output)
         return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}-{int(time.time())}")
+    old = output.with_name(_temp_prefix(output.name, f"old-{os.getpid()}-{int(time.time())}"))
     os.rename(output, old)
     try:
         os.rename(new, output)
