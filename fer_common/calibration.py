@@ -9,11 +9,21 @@ emotion never changes (dividing by T keeps the order of the logits).
     probabilities = softmax(logits / T)                 # what the Predictor returns
 """
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
 
-from .files import atomic_path, write_image
+from .bulk import iter_results
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cli import make_parser, run_main
+from .data import list_samples
+from .errors import FERError
+from .files import atomic_path, check_writable, write_image
+from .metrics import softmax
+from .predictor import Predictor
 
 BINS = 15
 
@@ -71,12 +81,6 @@ def expected_calibration_error(probabilities, labels, bins: int = BINS) -> float
     return float((count * np.abs(confidence - accuracy)).sum() / max(count.sum(), 1))
 
 
-def softmax(logits, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: int = BINS) -> None:
     """Save a reliability diagram as a PNG: accuracy per confidence bin for each named set of probabilities.
 
@@ -123,16 +127,6 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
 
 def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size: int = 512) -> dict:
     """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
-    import json
-    from pathlib import Path
-
-    from .bulk import iter_results
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .errors import FERError
-    from .data import list_samples
-    from .files import check_writable
-    from .predictor import Predictor
-
     model_path, output = Path(model_path), Path(output)
     check_writable(output, "calibrated model", overwrite=overwrite)
     if output.suffix.lower() != model_path.suffix.lower():
@@ -170,8 +164,6 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
 
 
 def main(argv=None):
-    from .cli import make_parser, run_main
-
     parser = make_parser("Fit a trained model's temperature on a folder data set (its validation split) and save it.\n\n"
                          "    python -m fer_common.calibration fer_model.pth --data dataset/val_new "
                          "--output fer_model.calibrated.pth")

@@ -1,9 +1,16 @@
-"""Classification metrics and the confusion-matrix picture."""
+"""Classification metrics (softmax, confusion matrix, per-class scores) and the confusion-matrix picture."""
 
 import cv2
 import numpy as np
 
 from .files import write_image
+
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (numpy: no torch needed), as float32 probabilities."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def confusion_matrix(targets, predictions, num_classes: int) -> np.ndarray:

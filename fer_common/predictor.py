@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .calibration import softmax
+from .metrics import softmax
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from . import cli
 from .cli import FERError, add_device_args
