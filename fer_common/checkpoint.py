@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import FERError
+from .model_info import check_class_names, check_preprocessing, temperature_of
 from .files import save_torch
 from .labels import EMOTIONS
 from .models import MODEL_TYPES, create_model, default_preprocessing
@@ -74,35 +75,6 @@ def load_checkpoint(path, expected_type: str | None = None) -> dict:
     return ckpt
 
 
-def check_preprocessing(prep, path) -> None:
-    """The preprocessing dict of a checkpoint or ONNX file: input size, channels, mean and std that make sense."""
-    def bad(what):
-        return FERError(f"{path}: its preprocessing is damaged ({what}): re-export the model with this toolkit")
-
-    if not isinstance(prep, dict):
-        raise bad("not a dict")
-    size, channels = prep.get("input_size"), prep.get("channels")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096 for v in size)):
-        raise bad(f"input_size {size!r} is not [H, W] between 8 and 4096")
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise bad(f"channels {channels!r} is not 1 or 3")
-    for key in ("mean", "std"):
-        values = prep.get(key)
-        if not (isinstance(values, (list, tuple)) and len(values) == channels
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
-            raise bad(f"{key} {values!r} is not {channels} number(s)")
-    if any(v <= 0 for v in prep["std"]):
-        raise bad(f"std {prep['std']!r} has a value <= 0")
-
-
-def check_class_names(names, path) -> None:
-    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) and n for n in names)):
-        raise FERError(f"{path}: class_names {str(names)[:100]} is not a list of names")
-    if len(set(names)) != len(names):
-        raise FERError(f"{path}: class_names {list(names)} repeats a name")
-
-
 def check_checkpoint(ckpt: dict, path) -> None:
     """Every key a checkpoint must have, of the right kind, so that a damaged file fails here, in one line,
     naming the file and what is wrong, rather than somewhere inside the model or the training loop."""
@@ -114,6 +86,7 @@ def check_checkpoint(ckpt: dict, path) -> None:
                        f"(expected {', '.join(MODEL_TYPES)})")
     check_class_names(ckpt["class_names"], path)
     check_preprocessing(ckpt["preprocessing"], path)
+    temperature_of(ckpt.get("calibration"), path)
     state = ckpt["state_dict"]
     if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                       for k, v in state.items())):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .errors import FERError
+from .model_info import parse_onnx_metadata
 from .files import atomic_path
 
 LOGITS_TOLERANCE = 1e-4
@@ -94,24 +95,7 @@ def read_onnx_metadata(path) -> dict:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise FERError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if "class_names" not in meta or "preprocessing" not in meta:
-        raise FERError(f"{path} has no FER metadata (class names, preprocessing): export it with this toolkit")
-    from .checkpoint import check_class_names, check_preprocessing
-    from .models import MODEL_TYPES
-
-    info = {"model_type": meta.get("model_type"), "calibration": None}
-    for key in ("class_names", "preprocessing", "calibration"):
-        if key in meta:
-            try:
-                info[key] = json.loads(meta[key])
-            except ValueError as e:
-                raise FERError(f"{path}: its {key} metadata is not valid JSON ({e})") from None
-    if info["model_type"] not in MODEL_TYPES:
-        raise FERError(f"{path}: its model_type metadata {str(info['model_type'])[:50]!r} is not one of "
-                       f"{', '.join(MODEL_TYPES)}")
-    check_class_names(info["class_names"], path)
-    check_preprocessing(info["preprocessing"], path)
+    info = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, path)
     check_graph(proto, path, info)
     return info
 

@@ -5,6 +5,8 @@
 
 The model file carries everything needed to use it (model type, class names in output order,
 preprocessing), so a .pth checkpoint and its ONNX export give the same answers.
+
+ONNX files run with NumPy, OpenCV and ONNX Runtime only; PyTorch is imported when a .pth file is loaded.
 """
 
 import copy
@@ -12,15 +14,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
-from .metrics import softmax
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from . import cli
-from .cli import FERError, add_device_args
-from .device import resolve_device, set_cpu_threads
-from .models import MODEL_TYPES
-from .onnx_export import read_onnx_metadata
+from .cli import add_device_args
+from .device import set_cpu_threads
+from .errors import FERError
+from .metrics import softmax
+from .model_info import MODEL_TYPES, parse_onnx_metadata, read_metadata_props, temperature_of
 from .preprocess import prepare_batch
 from .runtime import PROVIDERS, make_session
 from .shipped import SHIPPED_MODELS_DIR
@@ -49,35 +49,46 @@ class Predictor:
         self.path = Path(path)
         self.tta = tta
         self.runtime = "onnx" if self.path.suffix.lower() == ".onnx" else "torch"
-        if self.runtime == "onnx":
-            meta = read_onnx_metadata(self.path)
-            if model_type is not None and meta["model_type"] != model_type:
-                raise FERError(f"{self.path} holds a '{meta['model_type']}' model, not '{model_type}' "
-                               f"(use --model_type {meta['model_type']})")
-            self.model_type = meta["model_type"]
-            self.class_names = list(meta["class_names"])
-            self.preprocessing = meta["preprocessing"]
-            self.temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
-            self.session, self.provider = make_session(self.path, provider, device, self.preprocessing)
-            self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
-            dim = self.session.get_outputs()[1].shape[-1]
-            self.embedding_dim = dim if isinstance(dim, int) else 128
-        else:
-            ckpt = load_checkpoint(self.path, model_type)
-            self.model_type = ckpt["model_type"]
-            self.class_names = list(ckpt["class_names"])
-            self.preprocessing = dict(ckpt["preprocessing"])
-            self.temperature = float((ckpt.get("calibration") or {}).get("temperature", 1.0))
-            self.embedding_dim = int(ckpt.get("model_config", {}).get("embedding_dim", 128))
-            self._device = resolve_device(device)
-            self.device = str(self._device)
-            self.provider = None
-            model = model_from_checkpoint(ckpt, self.path)
-            del ckpt
-            model = model.to(self._device)
-            # cuDNN runs convolutions fastest on NHWC tensors.
-            self._memory_format = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
-            self.model = model.to(memory_format=self._memory_format).eval()
+        if not self.path.is_file():
+            raise FERError(f"model file not found: {self.path}" if not self.path.exists()
+                           else f"model file {self.path} is not a regular file")
+        info = self._load_onnx(provider, device) if self.runtime == "onnx" else self._load_torch(device)
+        if model_type is not None and info["model_type"] != model_type:
+            raise FERError(f"{self.path} holds a '{info['model_type']}' model, not '{model_type}' "
+                           f"(use --model_type {info['model_type']})")
+        self.model_type = info["model_type"]
+        self.class_names = list(info["class_names"])
+        self.preprocessing = dict(info["preprocessing"])
+        self.temperature = temperature_of(info.get("calibration"), self.path)
+
+    def _load_onnx(self, provider: str, device: str) -> dict:
+        info = parse_onnx_metadata(read_metadata_props(self.path), self.path)
+        self.session, self.provider = make_session(self.path, provider, device, info["preprocessing"])
+        self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
+        check_session(self.session, info, self.path)
+        dim = self.session.get_outputs()[1].shape[-1]
+        self.embedding_dim = dim if isinstance(dim, int) else 128
+        return info
+
+    def _load_torch(self, device: str) -> dict:
+        try:
+            import torch
+        except ImportError:
+            raise FERError(f"{self.path} is a PyTorch checkpoint, and PyTorch is not installed: install the "
+                           f"training extra (pip install 'fer-toolkit[train]'), or use an .onnx model") from None
+        from .checkpoint import load_checkpoint, model_from_checkpoint
+        from .device import resolve_device
+
+        ckpt = load_checkpoint(self.path)
+        self.embedding_dim = int(ckpt.get("model_config", {}).get("embedding_dim", 128))
+        self._device = resolve_device(device)
+        self.device = str(self._device)
+        self.provider = None
+        model = model_from_checkpoint(ckpt, self.path).to(self._device)
+        # cuDNN runs convolutions fastest on NHWC tensors.
+        self._memory_format = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(memory_format=self._memory_format).eval()
+        return {k: ckpt.get(k) for k in ("model_type", "class_names", "preprocessing", "calibration")}
 
     @property
     def num_classes(self) -> int:
@@ -97,8 +108,10 @@ class Predictor:
 
     def set_threads(self) -> None:
         """For scripts: PyTorch threads that suit this model. A small CNN gains nothing from intra-op threads
-        at a few faces per batch, and on a busy CPU their spin-waits cost far more than they give."""
-        set_cpu_threads(1 if self.small else None)
+        at a few faces per batch, and on a busy CPU their spin-waits cost far more than they give. ONNX sessions
+        get their threads when they are made (runtime.make_session)."""
+        if self.runtime == "torch":
+            set_cpu_threads(1 if self.small else None)
 
     def describe(self) -> str:
         where = self.provider if self.runtime == "onnx" else self.device
@@ -132,10 +145,30 @@ class Predictor:
         if self.runtime == "onnx":
             logits, embeddings = self.session.run(["logits", "embedding"], {"input": batch})
             return logits, embeddings
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self._device, non_blocking=True).to(memory_format=self._memory_format)
             logits, embeddings = self.model(x)
             return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
+
+
+def check_session(session, info: dict, path) -> None:
+    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if list(inputs) != ["input"] or [o.name for o in session.get_outputs()][:2] != ["logits", "embedding"]:
+        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
+                       f"not input / logits, embedding: export it with this toolkit")
+    prep, shape = info["preprocessing"], inputs["input"]
+    expected = [prep["channels"], *prep["input_size"]]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
+                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
+    logits, n = outputs["logits"], len(info["class_names"])
+    if len(logits) != 2 or (isinstance(logits[1], int) and logits[1] != n):
+        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
+                       f"its metadata names {n} classes ({', '.join(info['class_names'])})")
 
 
 class Ensemble:
@@ -166,7 +199,8 @@ class Ensemble:
         return len(self.class_names)
 
     def set_threads(self) -> None:
-        set_cpu_threads(1 if all(m.small for m in self.members) else None)
+        if any(m.runtime == "torch" for m in self.members):
+            set_cpu_threads(1 if all(m.small for m in self.members) else None)
 
     @property
     def temperature(self) -> float:

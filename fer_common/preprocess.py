@@ -2,13 +2,14 @@
 
 A preprocessing config is a plain dict stored in every checkpoint and ONNX file:
     {"input_size": [H, W], "channels": 1 or 3, "mean": [...], "std": [...]}
-Inference reads it from the model file; no flag repeats it.
+Inference reads it from the model file; no flag repeats it. The NumPy/OpenCV path (prepare_batch) is what
+inference runs, without PyTorch; `normalize` and `augment` are the training side, on torch tensors.
 """
+
+from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -96,6 +97,9 @@ def prepare_batch(crops, prep: dict, bgr: bool = True) -> np.ndarray:
 
 def normalize(images: torch.Tensor, prep: dict) -> torch.Tensor:
     """uint8 N x C x h x w (any size) -> float N x C x H x W at the model's input size, normalised."""
+    import torch
+    import torch.nn.functional as F
+
     x = images.float().div_(255.0)
     if tuple(x.shape[-2:]) != tuple(prep["input_size"]):
         x = F.interpolate(x, size=tuple(prep["input_size"]), mode="bilinear", align_corners=False, antialias=True)
@@ -113,6 +117,9 @@ def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None 
     plausible for a face crop) done by a single grid_sample, then brightness/contrast jitter.
     Doing it batched keeps CPU training fast: no per-image Python work.
     """
+    import torch
+    import torch.nn.functional as F
+
     n = images.shape[0]
     device = images.device
     rand = lambda *shape: torch.rand(*shape, generator=generator, device="cpu").to(device)  # noqa: E731

@@ -3,10 +3,8 @@
 import os
 from pathlib import Path
 
-import torch
-
+from .device import cpu_count, cuda_available
 from .errors import FERError
-from .device import cpu_count
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -16,7 +14,7 @@ def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
     """The ONNX Runtime providers to ask for, GPU ones only where they can actually run.
 
     onnxruntime-gpu lists CUDA and TensorRT even on machines without a GPU, so 'available' is not enough:
-    a GPU provider is only requested when torch sees a CUDA device. TensorRT is never picked by 'auto':
+    a GPU provider is only requested when a CUDA device is there (device.cuda_available, without PyTorch). TensorRT is never picked by 'auto':
     it builds an engine (minutes for Swin-Base) on first use, so it is one flag away (--provider tensorrt).
     """
     import onnxruntime as ort
@@ -25,7 +23,7 @@ def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
     if provider not in PROVIDERS:
         raise FERError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
     available = ort.get_available_providers()
-    gpu = torch.cuda.is_available()
+    gpu = cuda_available()
     if provider == "cpu" or (provider == "auto" and (device or "auto").lower() == "cpu"):
         return ["CPUExecutionProvider"]
     if provider == "auto":
