@@ -17,7 +17,7 @@ from fer_common.bulk import iter_results
 from fer_common.calibration import draw_reliability_diagram, expected_calibration_error
 from fer_common.cli import FERError, int_range, make_parser, path_arg, run_main
 from fer_common.data import list_samples
-from fer_common.files import check_writable, write_json
+from fer_common.files import check_outside, check_writable, printable, write_json
 from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
 from fer_common.predictor import add_predictor_args, predictor_from_args
 
@@ -37,6 +37,8 @@ def get_args_parser():
 def main(args):
     out = Path(args.output_dir)
     targets = [out / "confusion_matrix.png", out / "metrics.json", out / "reliability.png"]
+    # Pictures in a class folder would be counted as images of that class by the next evaluation.
+    check_outside({"--output_dir": out}, {"--data": args.data})
     if not args.overwrite and any(p.exists() for p in targets):
         raise FERError(f"{out} already holds results: pass --overwrite or choose another --output_dir")
     for target in targets:      # an unwritable folder found now, not after the whole evaluation
@@ -72,7 +74,7 @@ def main(args):
     report = classification_report(cm, names)
     report["calibration"] = calibration_report(predictor, probabilities, labels, paths, args, targets[2])
     print(format_report(report))
-    title = f"{Path(predictor.path).name} on {args.data}: accuracy {report['accuracy'] * 100:.2f}%"
+    title = f"{printable(Path(predictor.path).name)} on {printable(args.data)}: accuracy {report['accuracy'] * 100:.2f}%"
     draw_confusion_matrix(cm, names, targets[0], title=title)
     write_json(targets[1], {"model": str(predictor.path), "data": str(args.data), "tta": args.tta,
                             **report, "class_names": names, "confusion_matrix": cm.tolist()})
@@ -93,7 +95,7 @@ def calibration_report(predictor, probabilities, labels, paths, args, picture) -
         curves = {"uncalibrated (T=1)": np.stack(raw), **curves}
     print(f"expected calibration error {ece * 100:.2f}%" + (f" (uncalibrated: {result['ece_uncalibrated'] * 100:.2f}%)"
                                                            if "ece_uncalibrated" in result else ""))
-    draw_reliability_diagram(curves, labels, picture, title=f"{Path(predictor.path).name} on {args.data}")
+    draw_reliability_diagram(curves, labels, picture, title=f"{printable(Path(predictor.path).name)} on {printable(args.data)}")
     return result
 
 

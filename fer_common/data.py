@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import FERError
-from .files import IMAGE_EXTENSIONS
+from .files import IMAGE_EXTENSIONS, check_class_folder_name
 from .labels import MIN_CLASSES, class_name
 from .device import cpu_count
 from .preprocess import read_image, resize
@@ -36,7 +36,7 @@ def find_classes(root) -> tuple[list[str], list[Path]]:
                        f"found {found}")
     folder_of: dict[str, Path] = {}
     for folder in folders:
-        name = class_name(folder.name)
+        name = class_name(check_class_folder_name(folder))
         if name in folder_of:
             raise FERError(f"{folder_of[name]} and {folder} are both the class {name}: merge them into one folder")
         folder_of[name] = folder

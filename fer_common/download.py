@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .errors import FERError
 from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
-from .files import make_temp_dir, replace_dir, write_json
+from .files import check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, write_json
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -139,6 +139,9 @@ def _stream(url: str, part: Path, auth=None) -> None:
             except requests.RequestException as e:
                 raise FERError(f"download of {url} broke off after {f.tell()} bytes ({type(e).__name__}); "
                                f"run the same command again to resume it") from None
+            except OSError as e:    # a full or read-only disk: the part already written is kept to resume
+                raise FERError(f"cannot write {part}: {os_error_text(e)}; make room and run the same command "
+                               f"again to resume the download") from None
             size = f.tell()
     if total is not None and size != total:
         raise FERError(f"download of {url} broke off after {size} of {total} bytes; "
@@ -291,6 +294,9 @@ def check_output_folder(output: Path, source: str) -> None:
     if src == resolved or resolved in src.parents:
         raise FERError(f"--source {source} is inside --output {output}: importing would replace the folder "
                        f"that holds the source; choose another --output")
+    if src.is_dir():    # the data set (and its download cache) written into the folder it is read from
+        check_outside({"--output": output, "the download cache": output.with_name(output.name + ".download")},
+                      {"--source": src})
 
 
 def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
@@ -337,6 +343,8 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
         if not path.exists():
             raise FERError(f"source not found: {path} (give 'kaggle', an http(s) URL, or the path of a "
                            f"Kaggle-layout folder, its .zip/.tar(.gz), or fer2013.csv(.gz))")
+        # A FIFO or a device (/dev/zero) would block, or never end, when read.
+        check_regular_file(path, "--source", folder_ok=True)
         if sha256:
             if path.is_dir():
                 raise FERError("--sha256 checks a file, but --source is a folder")

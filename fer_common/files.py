@@ -149,11 +149,7 @@ def strict_json_value(obj):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, str):
-        try:
-            obj.encode("utf-8")
-            return obj
-        except UnicodeEncodeError:
-            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return printable(obj)
     if isinstance(obj, dict):
         return {strict_json_value(k) if isinstance(k, str) else k: strict_json_value(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -161,6 +157,18 @@ def strict_json_value(obj):
     if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
         return strict_json_value(obj.tolist())
     return obj
+
+
+def printable(text) -> str:
+    """`text` (a str or a path) with any lone surrogates (bytes of a file name that is not UTF-8) written as
+    backslash escapes: safe to print, draw or encode as UTF-8."""
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:      # a surrogate that is no escaped byte (from JSON's \ud800, say)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def strict_json(obj, **kwargs) -> str:
@@ -218,6 +226,19 @@ def check_regular_file(path, what: str = "input", folder_ok: bool = False) -> Pa
     kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
     raise FERError(f"{what} {path} is {kind}: give a regular file" + (" or a folder" if folder_ok else ""))
+
+
+def check_class_folder_name(folder) -> str:
+    """A class folder's name, refused in one line when it cannot be a class name: not valid Unicode (a lone
+    surrogate: the bytes of a Latin-1 or other non-UTF-8 name) or holding control characters. Class names go
+    into model files, JSON and pictures, where such a name would not survive."""
+    name = Path(folder).name
+    bad = [c for c in name if 0xD800 <= ord(c) <= 0xDFFF or ord(c) < 32 or ord(c) == 127]
+    if bad:
+        why = "is not valid UTF-8" if any(ord(c) >= 0xD800 for c in bad) else "holds control characters"
+        raise FERError(f"class folder {printable(folder)}: its name {why}; rename it (class names go into the "
+                       f"model file, JSON and pictures)")
+    return name
 
 
 def is_inside(path, folder) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import FERError
-from .files import make_temp_dir, replace_dir, write_json
+from .files import check_class_folder_name, check_outside, make_temp_dir, os_error_text, printable, replace_dir, write_json
 from .fer2013 import is_image_name
 from .labels import EMOTIONS, MIN_CLASSES, class_name
 
@@ -40,7 +40,7 @@ def list_class_files(train_dir) -> tuple[dict[str, list[Path]], list[Path]]:
         if not entry.is_dir():
             skipped.append(entry)
             continue
-        cls = class_name(entry.name)
+        cls = class_name(check_class_folder_name(entry))
         if cls in folder_of:
             raise FERError(f"{folder_of[cls]} and {entry} are both the class {cls}")
         folder_of[cls] = entry
@@ -95,11 +95,13 @@ def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42
     root = Path(dataset_path)
     files, skipped = list_class_files(root / "train")
     outputs = {"train_new": root / "train_new", "val_new": root / "val_new"}
+    # train_new or val_new as a link into train/ would put the halves inside the data they are made from.
+    check_outside(outputs, {"train": root / "train"})
     for path in outputs.values():
         if path.exists() and not force:
             raise FERError(f"{path} already exists; use --force to replace it")
     for path in skipped:
-        print(f"warning: skipping {path}: not an image", file=sys.stderr)
+        print(f"warning: skipping {printable(path)}: not an image", file=sys.stderr)
     missing = [e for e in EMOTIONS if e not in files]
     if missing and all(c in EMOTIONS for c in files):
         # FER-2013-style data short of an emotion is legal (CK+ has no Neutral), but may be a lost folder.
@@ -107,8 +109,10 @@ def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42
               f"{len(files)} classes", file=sys.stderr)
     plan = plan_split(files, val_ratio, seed)
 
-    temps = {name: make_temp_dir(path) for name, path in outputs.items()}
+    temps = {}
     try:
+        for name, path in outputs.items():
+            temps[name] = make_temp_dir(path)
         counts = {name: {} for name in outputs}
         total = sum(len(t) + len(v) for t, v in plan.values())
         with tqdm(total=total, desc=f"{mode} split", unit="img") as bar:
@@ -124,6 +128,8 @@ def split_dataset(dataset_path="dataset", val_ratio: float = 0.1, seed: int = 42
                                                     "counts": counts})
         for name, path in outputs.items():
             replace_dir(temps[name], path)
+    except OSError as e:    # the disk side: full, read-only, no permission
+        raise FERError(f"cannot write the split into {printable(root)}: {os_error_text(e)}") from None
     finally:
         for tmp in temps.values():
             shutil.rmtree(tmp, ignore_errors=True)
