@@ -9,7 +9,7 @@ import torch
 
 from .errors import FERError
 from .model_info import parse_onnx_metadata
-from .files import atomic_path
+from .files import atomic_path, strict_json
 
 LOGITS_TOLERANCE = 1e-4
 
@@ -46,10 +46,10 @@ def export_onnx(model: torch.nn.Module, path, model_type: str, class_names, prep
     with atomic_path(path, suffix=".onnx") as tmp:
         _export(wrapped, sample, tmp, opset)
         proto = onnx.load(str(tmp))
-        meta = {"model_type": model_type, "class_names": json.dumps(list(class_names)),
-                "preprocessing": json.dumps(preprocessing), "producer": "fer_common"}
+        meta = {"model_type": model_type, "class_names": strict_json(list(class_names)),
+                "preprocessing": strict_json(preprocessing), "producer": "fer_common"}
         if calibration:
-            meta["calibration"] = json.dumps(calibration)
+            meta["calibration"] = strict_json(calibration)
         del proto.metadata_props[:]
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
@@ -142,7 +142,14 @@ def main(args):
     from .files import check_output_files
 
     check_output_files({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
-    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except FERError as e:
+        # load_checkpoint's hint names training's --model_type, which this command does not have.
+        if "--model_type" not in str(e):
+            raise
+        raise FERError(f"{args.checkpoint} holds bare weights with no model type, class names or preprocessing: "
+                       f"export a checkpoint written by this toolkit's training scripts") from None
     model = model_from_checkpoint(ckpt, args.checkpoint)
     export_onnx(model, args.output, ckpt["model_type"], ckpt["class_names"], ckpt["preprocessing"],
                 calibration=ckpt.get("calibration"))

@@ -13,7 +13,6 @@ that agrees with fp32 on at least `min_agreement` of them is kept. The int8 file
 metadata (model type, class names, preprocessing), so the Predictor loads it like any other ONNX file.
 """
 
-import json
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 from . import cli
 from .errors import FERError
-from .files import atomic_path
+from .files import atomic_path, strict_json
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
 from .runtime import make_session
@@ -51,6 +50,7 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
 
     src, dst = Path(src), Path(dst)
     meta = read_onnx_metadata(src)
+    check_not_quantized(src)
     if meta["model_type"] != "default":
         raise FERError(f"{src} holds a '{meta['model_type']}' model: int8 quantization is for the default CNN")
     if method not in ("auto", "static", "dynamic"):
@@ -109,7 +109,7 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
                       f"keeping the closest ({chosen})")
         proto = onnx.load(str(candidates[chosen]["file"]))
         source_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-        source_meta["quantization"] = json.dumps({"method": chosen, "weights": "int8",
+        source_meta["quantization"] = strict_json({"method": chosen, "weights": "int8",
                                                   "agreement_with_fp32": round(candidates[chosen]["agreement"], 4)})
         del proto.metadata_props[:]
         for key, value in source_meta.items():
@@ -123,6 +123,23 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
             print(f"int8 {name}: agreement with fp32 {c['agreement']:.1%}, max |logits diff| {c['max_logits_diff']:.3f}, "
                   f"{c['ms_batch1']:.3f} ms (batch 1), {c['ms_batch8']:.3f} ms (batch 8)" + ("  <- kept" if name == chosen else ""))
     return {"method": chosen, "path": str(dst), "candidates": candidates}
+
+
+# Operators that only a quantized graph holds (QDQ, QOperator and dynamic quantization).
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatIntegerToFloat", "MatMulInteger", "QGemm", "QLinearAdd"}
+
+
+def check_not_quantized(path) -> None:
+    """Refuse an ONNX file that is already int8 (quantizing it again fails deep inside ONNX Runtime)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    marked = any(p.key == "quantization" for p in proto.metadata_props)
+    ops = sorted({node.op_type for node in proto.graph.node} & QUANTIZED_OPS)
+    if marked or ops:
+        raise FERError(f"{path} is already quantized (int8{': ' + ', '.join(ops[:3]) if ops else ''}): "
+                       f"quantize the fp32 ONNX file it was made from (e.g. fer_model.onnx)")
 
 
 class _Reader:
