@@ -53,7 +53,10 @@ class FaceSummary:
         self._rows = {}        # face id -> ([times], [probability rows], [top class indices])
 
     def add(self, face_id: int, time_s: float, probabilities, top: int | None = None) -> None:
-        """One face in one frame; `top` is the class shown on top (default: the most probable)."""
+        """One face in one frame; `top` is the class shown on top (default: the most probable). The time must
+        be a finite number (the JSON summary is strict JSON: no NaN or Infinity)."""
+        if not np.isfinite(time_s):
+            raise FERError(f"face {face_id}: time {time_s} is not a finite number of seconds")
         probabilities = np.asarray(probabilities, np.float32)
         times, probs, tops = self._rows.setdefault(int(face_id), ([], [], []))
         times.append(float(time_s))
@@ -95,7 +98,8 @@ class FaceSummary:
         return out
 
     def to_dict(self, source=None) -> dict:
-        """The summary as JSON-ready data: the class names, and per face its times, frames, shares, dominant class."""
+        """The summary as JSON-ready data: the class names, and per face its times, frames, shares, dominant class.
+        Every number is finite (times are checked as they come, shares are counts), so it is strict JSON."""
         return {**({"source": str(source)} if source is not None else {}), "class_names": self.class_names,
                 "faces": [f.to_dict() for f in self.faces()]}
 
@@ -140,6 +144,8 @@ def summarise_csv(path) -> FaceSummary:
                     probabilities = [float(v) for v in row[fixed:]]
                 except ValueError:
                     raise FERError(f"{path} line {line}: time_s, face_id or a probability is not a number") from None
+                if not np.isfinite([time_s, *probabilities]).all():
+                    raise FERError(f"{path} line {line}: time_s or a probability is not finite (NaN or infinity)")
                 if row[7] not in index:
                     raise FERError(f"{path} line {line}: top_emotion '{row[7]}' is none of the classes in the header")
                 summary.add(face_id, time_s, probabilities, top=index[row[7]])

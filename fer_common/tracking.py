@@ -5,6 +5,7 @@ Rectangles are [x, y, w, h] everywhere; `overlap_area` is the one rectangle-over
 
     tracker = FaceTracker(smooth=0.5)
     tracker.update_detections(detector.detect(frame), frame=i)      # every few frames
+    tracker.end_tracks()                                             # at a scene cut
     boxes, ids = tracker.boxes(i, frame.shape), tracker.ids          # every frame
     shown = tracker.smooth_probabilities(predictor(crop_faces(frame, boxes)).probabilities)
 """
@@ -86,6 +87,10 @@ class FaceTracker:
                 kept.append(Track(self.next_id, b, np.zeros(4), frame))
                 self.next_id += 1
         self.tracks = sorted(kept, key=lambda t: t.box_at(frame)[0])
+
+    def end_tracks(self) -> None:
+        """Forget every face (a scene cut): the next detection round starts new ids, nothing is carried over."""
+        self.tracks = []
 
     @property
     def visible(self) -> list:
