@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer_common.bulk import iter_results
+from fer_common.results import probability_matrix
 from fer_common.calibration import draw_reliability_diagram, expected_calibration_error
 from fer_common.cli import FERError, int_range, make_parser, path_arg, run_main
 from fer_common.data import list_samples
@@ -60,12 +61,12 @@ def main(args):
     results = iter_results(predictor, paths, batch_size=args.batch_size)
     for r in tqdm(results, total=len(paths), desc="evaluating", unit="img", leave=False, mininterval=0.5):
         if r.error is not None:
-            unreadable.append(r.image)
+            unreadable.append(r.source)
         else:
-            probabilities.append(r.probabilities[0])
+            probabilities.append(probability_matrix(r, predictor.class_names)[0])
             labels.append(to_model[samples[r.index][1]])
     if unreadable:
-        print(f"warning: skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}")
+        print(f"warning: skipped {len(unreadable)} unreadable image(s), e.g. {printable(unreadable[0])}")
     if not probabilities:
         raise FERError(f"no readable images in {args.data}")
 
@@ -89,7 +90,8 @@ def calibration_report(predictor, probabilities, labels, paths, args, picture) -
     result = {"temperature": temperature, "ece": ece}
     if temperature != 1.0:
         # Unreadable images fail in both passes alike, so the rows line up with `labels`.
-        raw = [r.probabilities[0] for r in iter_results(predictor.with_temperature(1.0), paths, batch_size=args.batch_size)
+        raw = [probability_matrix(r, predictor.class_names)[0]
+               for r in iter_results(predictor.with_temperature(1.0), paths, batch_size=args.batch_size)
                if r.error is None]
         result["ece_uncalibrated"] = expected_calibration_error(np.stack(raw), labels)
         curves = {"uncalibrated (T=1)": np.stack(raw), **curves}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .bulk import iter_results
+from .results import probability_matrix
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import make_parser, run_main
 from .data import list_samples
@@ -143,7 +144,7 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     if not results:
         raise FERError(f"no readable images in {data}")
     # log-probabilities are the logits up to a shift per row, which softmax ignores
-    logits = np.log(np.maximum(np.concatenate([r.probabilities for r in results]), 1e-12))
+    logits = np.log(np.maximum(np.concatenate([probability_matrix(r, raw.class_names) for r in results]), 1e-12))
     labels = np.asarray([to_model[samples[r.index][1]] for r in results])
     result = fit_calibration(logits, labels, str(data))
     if model_path.suffix.lower() == ".onnx":

@@ -129,13 +129,20 @@ class FaceDetector:
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """K x 4 int32 boxes [x, y, w, h], FER-2013 framing, in the frame's coordinates, sorted left to right."""
+        return self.detect_scored(frame)[0]
+
+    def detect_scored(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """detect's boxes, clipped to the frame (the crop the model sees), and the detector's score of each
+        (None for Haar, which gives none)."""
         if self.kind == "haar":
-            boxes = np.array([expand_box(b, HAAR_MARGIN, frame.shape) for b in self._detect_haar(frame)], np.int32)
+            boxes, scores = np.array([expand_box(b, HAAR_MARGIN, frame.shape) for b in self._detect_haar(frame)],
+                                     np.int32).reshape(-1, 4), None
         else:
-            boxes = fer_framing(self.detect_faces(frame))
-        if len(boxes) == 0:
-            return np.zeros((0, 4), np.int32)
-        return boxes[np.argsort(boxes[:, 0], kind="stable")]
+            faces = self.detect_faces(frame)
+            boxes = np.array([expand_box(b, 0.0, frame.shape) for b in fer_framing(faces)], np.int32).reshape(-1, 4)
+            scores = faces[:, 14].astype(np.float32)
+        order = np.argsort(boxes[:, 0], kind="stable")
+        return boxes[order], None if scores is None else scores[order]
 
     def detect_faces(self, frame: np.ndarray) -> np.ndarray:
         """The detector's own faces: N x 15 float32 rows (x, y, w, h, right eye, left eye, nose tip,
@@ -145,6 +152,8 @@ class FaceDetector:
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         h, w = frame.shape[:2]
+        if min(h, w) < YUNET_MIN_FACE:
+            return np.zeros((0, 15), np.float32)    # no face fits (YuNet's boxes on such strips are garbage)
         scale = min(1.0, self.detect_size / min(h, w))
         faces = self._detect_at("coarse", frame, scale)
         if self.min_face and scale * self.min_face < YUNET_MIN_FACE:
@@ -153,6 +162,11 @@ class FaceDetector:
             fine = self._detect_at("fine", frame, min(1.0, YUNET_MIN_FACE / self.min_face))
             fine = fine[np.sqrt(fine[:, 2] * fine[:, 3]) * scale < 2 * YUNET_MIN_FACE]
             faces = _merge(faces, fine)
+        faces = faces[np.isfinite(faces).all(axis=1)]
+        # A face must be a real box that overlaps the frame: YuNet can return nonsense on degenerate inputs.
+        inside = ((faces[:, 2] >= 1) & (faces[:, 3] >= 1) & (faces[:, 0] < w) & (faces[:, 1] < h)
+                  & (faces[:, 0] + faces[:, 2] > 0) & (faces[:, 1] + faces[:, 3] > 0))
+        faces = faces[inside]
         return faces[keep_scores(faces, self.score_threshold, self.small_face_score, scale)]
 
     def _run(self, name: str, image: np.ndarray) -> np.ndarray:

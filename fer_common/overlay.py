@@ -6,15 +6,17 @@ panel already placed, to the free spot nearest its face. Sizes come from the fra
 
     overlay = Overlay(predictor.class_names)
     panels = overlay.draw(frame, boxes, probabilities, fps=24.0)   # panel rectangles [x, y, w, h]
-    overlay.draw_result(frame, result, fps=24.0)                    # a video pipeline's FrameResult
+    overlay.draw_result(frame, result, fps=24.0)                    # a Result, or a video pipeline's FrameResult
+    canvas = annotate(image, result, overlay)                       # a still, enlarged when small
 """
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
+from .results import probability_matrix
 from .tracking import overlap_area
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -85,30 +87,54 @@ def inside(rect, width: int, height: int) -> bool:
 
 def place_panels(boxes, width: int, height: int, panel_w: int, panel_h: int, gap: int = 4,
                  obstacles=()) -> list[tuple[int, int, int, int]]:
-    """One panel rectangle per face box: inside the frame, not overlapping other panels or obstacles.
+    """One panel rectangle per face box: inside the frame, beside its own face, not overlapping other panels
+    or obstacles.
 
-    Candidates in order: right of the box, left, below, above (clamped into the frame). The first one
-    that collides with nothing placed and covers the least of any face wins; if all collide, the free
-    position nearest the face (on a grid) is taken. Only a frame too full for all panels can overlap.
+    Candidates touch the box (within `gap`): right of it, left, below, above, each slid along that side.
+    The first that collides with nothing placed and covers the least of any face wins (right, at the box's
+    top, when free). Only when no touching spot is free is the free position nearest the face taken, and only
+    a frame too full for all panels can overlap.
     """
     placed = [tuple(map(int, r)) for r in obstacles]
     faces = [tuple(map(int, b)) for b in boxes]
     panels = []
-    for (x, y, w, h) in faces:
-        candidates = [(x + w + gap, y), (x - gap - panel_w, y), (x, y + h + gap), (x, y - gap - panel_h)]
+    for box in faces:
         best, best_cost = None, None
-        for k, (cx, cy) in enumerate(candidates):
-            raw = (cx, cy, panel_w, panel_h)
-            rect = clamp_rect(raw, width, height)
+        for k, (cx, cy) in enumerate(_touching(box, panel_w, panel_h, gap)):
+            rect = clamp_rect((cx, cy, panel_w, panel_h), width, height)
+            if not _touches(rect, box, gap):
+                continue
             collides = any(overlap_area(rect, p) for p in placed)
-            cost = (collides, sum(overlap_area(rect, f) for f in faces), not inside(raw, width, height), k)
+            cost = (collides, sum(overlap_area(rect, f) for f in faces), k)
             if best_cost is None or cost < best_cost:
                 best, best_cost = rect, cost
-        if best_cost[0]:
-            best = _nearest_free(placed, faces, (x, y, w, h), width, height, panel_w, panel_h) or best
+        if best is None or best_cost[0]:
+            best = _nearest_free(placed, faces, box, width, height, panel_w, panel_h) or best \
+                or clamp_rect((box[0] + box[2] + gap, box[1], panel_w, panel_h), width, height)
         placed.append(best)
         panels.append(best)
     return panels
+
+
+def _touching(box, panel_w: int, panel_h: int, gap: int, steps: int = 8):
+    """Panel positions beside `box`, best attached first: right, left, below and above it aligned with the
+    box's top (left) edge, then the four slid along their sides a step further each time."""
+    x, y, w, h = box
+    for d in [0] + [d * s for d in range(1, steps + 1) for s in (1, -1)]:
+        dy, dx = d * (h + panel_h) // (2 * steps), d * (w + panel_w) // (2 * steps)
+        yield x + w + gap, y + dy
+        yield x - gap - panel_w, y + dy
+        yield x + dx, y + h + gap
+        yield x + dx, y - gap - panel_h
+
+
+def _touches(rect, box, gap: int) -> bool:
+    """Whether rect lies within `gap` (+1) pixels of box, so a reader sees which face it belongs to."""
+    rx, ry, rw, rh = rect
+    bx, by, bw, bh = box
+    dx = max(bx - (rx + rw), rx - (bx + bw), 0)
+    dy = max(by - (ry + rh), ry - (by + bh), 0)
+    return max(dx, dy) <= gap + 1
 
 
 def _nearest_free(placed, faces, box, width, height, panel_w, panel_h, step: int = 4):
@@ -192,8 +218,16 @@ class Overlay:
         return self.panels
 
     def draw_result(self, frame: np.ndarray, result, fps: float | None = None) -> list:
-        """Draw a video pipeline's per-frame result (boxes, ids, probabilities) onto `frame`, in place."""
-        return self.draw(frame, result.boxes, result.probabilities, fps=fps, ids=result.ids)
+        """Draw a Result (fer_common.results: a still or a video frame) onto `frame`, in place. Each face is
+        numbered: its track id in a video, 1, 2, ... left to right on a still (the numbers of the text and
+        table outputs). A video pipeline's FrameResult (boxes, ids, probabilities) is drawn the same way."""
+        if hasattr(result, "faces"):
+            boxes = [f.box for f in result.faces]
+            probabilities = probability_matrix(result, self.class_names)
+            ids = [f.track_id if f.track_id is not None else i for i, f in enumerate(result.faces, 1)]
+        else:
+            boxes, probabilities, ids = result.boxes, result.probabilities, result.ids
+        return self.draw(frame, boxes, probabilities, fps=fps, ids=ids)
 
     def _label(self, frame, L: Layout, text: str, box, colour):
         """The top emotion on a filled tab just above the box (inside its top edge at the frame's top)."""
@@ -236,6 +270,16 @@ class Overlay:
                 cv2.rectangle(frame, (bx, bar_top), (bx + filled - 1, bar_bottom), colour, cv2.FILLED)
             cv2.putText(frame, f"{p:.0%}", (bx + L.bar_w + L.pad, baseline_y), FONT, L.font_scale, (255, 255, 255),
                         L.thickness, cv2.LINE_AA)
+
+
+def annotate(image: np.ndarray, result, overlay: "Overlay") -> np.ndarray:
+    """A copy of a still (BGR) with its Result drawn, enlarged first when small (a 48x48 crop) so it reads."""
+    canvas, boxes = upscale_small(image, [f.box for f in result.faces])
+    scaled = replace(result, faces=[replace(f, box=tuple(int(v) for v in b)) for f, b in zip(result.faces, boxes)])
+    if canvas is image:
+        canvas = image.copy()
+    overlay.draw_result(canvas, scaled)
+    return canvas
 
 
 def upscale_small(frame: np.ndarray, boxes, min_side: int = 360):

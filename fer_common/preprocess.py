@@ -8,6 +8,9 @@ inference runs, without PyTorch; `normalize` and `augment` are the training side
 
 from __future__ import annotations
 
+import os
+import stat
+
 import cv2
 import numpy as np
 
@@ -26,12 +29,15 @@ def image_size_ok(data) -> bool:
     return size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS
 
 
-def read_image(path, channels: int) -> np.ndarray | None:
-    """Decode an image file as uint8 HxW (channels=1) or HxWx3 RGB (channels=3); None if unreadable."""
+def read_image(path, channels: int, bgr: bool = False) -> np.ndarray | None:
+    """Decode an image file as uint8 HxW (channels=1) or HxWx3 (channels=3: RGB as models take it, or BGR as
+    OpenCV frames are with bgr=True); None if unreadable or not a regular file (a FIFO would never end)."""
     # np.fromfile + imdecode also handles non-ASCII paths, which cv2.imread does not on Windows.
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
+    except (OSError, ValueError):
         return None
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     if not data.size or not image_size_ok(data):
@@ -40,7 +46,7 @@ def read_image(path, channels: int) -> np.ndarray | None:
         image = cv2.imdecode(data, flag)
     except cv2.error:   # OpenCV raises, rather than returning None, for some damaged files
         return None
-    if image is not None and channels == 3:
+    if image is not None and channels == 3 and not bgr:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
