@@ -214,6 +214,33 @@ def test_camera_matches_python(page, fer):
     page.find_element("id", "stop").click()
 
 
+@needs_browser
+def test_static_host(page, fer):
+    """The page from a plain static server of the repository (no isolation headers: ONNX Runtime on one thread)."""
+    import functools
+    import http.server
+
+    class Static(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                          ".wasm": "application/wasm"}
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Static, directory=str(ROOT)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        page.get(f"http://127.0.0.1:{httpd.server_address[1]}/web/index.html")
+        wait_for(page, "window.ferReady || window.ferError")
+        assert not page.execute_script("return window.ferError || crossOriginIsolated")
+        page.find_element("id", "file").send_keys(str(IMAGE))
+        results = wait_for(page, "window.ferResults && window.ferResults.source === 'IMG_test_1.jpg' && window.ferResults")
+        compare(results["faces"], fer.analyse(IMAGE), fer.class_names)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # ----------------------------------------------------------------------------- frame rates (opt-in)
 def scene(faces: int, size=(480, 360)) -> np.ndarray:
     """A 480x360 frame with `faces` copies of the test portrait side by side."""

@@ -109,16 +109,24 @@ async function webgpuAdapter() {
   try { return Boolean(globalThis.navigator?.gpu && await navigator.gpu.requestAdapter()); } catch { return false; }
 }
 
-// The two sessions and what the classifier's file says about itself. backend: "auto" | "wasm" | "webgpu".
+// The two sessions and what the classifier's file says about itself. backend: "auto" (WebGPU when the browser
+// has an adapter, else WebAssembly) or "wasm" (the page's ?backend=wasm).
 export async function loadModels(backend = "auto") {
-  const gpu = backend === "webgpu" || (backend === "auto" && await webgpuAdapter());
+  const gpu = backend !== "wasm" && await webgpuAdapter();
   const ort = await import(new URL(gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs", ORT_DIST).href);
   ort.env.wasm.wasmPaths = ORT_DIST.href;
   const [classifierBytes, yunetBytes] = await Promise.all([
     fetchBytes(new URL(CLASSIFIER_FILE, MODELS)), fetchBytes(new URL(YUNET_FILE, MODELS))]);
   const options = { executionProviders: gpu ? ["webgpu", "wasm"] : ["wasm"] };
-  const classifier = await ort.InferenceSession.create(classifierBytes, options);
-  const yunet = await ort.InferenceSession.create(freeShapes(yunetBytes), options);
+  let classifier, yunet;
+  try {
+    classifier = await ort.InferenceSession.create(classifierBytes, options);
+    yunet = await ort.InferenceSession.create(freeShapes(yunetBytes), options);
+  } catch (e) {
+    if (!gpu) throw e;
+    console.warn(`WebGPU failed (${e.message || e}): running on WebAssembly`);
+    return loadModels("wasm");
+  }
   return { ort, classifier, yunet, backend: gpu ? "webgpu" : "wasm", ...readMetadata(classifierBytes) };
 }
 
@@ -493,7 +501,12 @@ function page() {
 
   async function runVideo(name) {
     const video = $("video"), id = ++loop, tracker = new Tracker(VIDEO_SETTINGS.smooth), times = [];
-    await video.play();
+    try {
+      await video.play();
+    } catch (e) {     // e.g. an MPEG-4 Part 2 (mp4v) file: browsers decode H.264, VP8/VP9 and AV1
+      status(`${name}: this browser cannot play it (${e.message}); try an H.264 .mp4 or a .webm`);
+      return;
+    }
     let frames = 0;
     while (id === loop) {
       if (video.videoWidth && video.readyState >= 2) {
