@@ -282,15 +282,16 @@ def check_output_folder(output: Path, source: str) -> None:
     if str(output).strip() in ("", ".", "..") or output.name in ("", ".", ".."):
         raise FERError(f"--output '{output}' names the current folder or one above it: give a new folder "
                        f"name for the data set (e.g. dataset)")
-    resolved = output.resolve()
-    here = Path.cwd().resolve()
-    if resolved == here or resolved in here.parents or resolved == Path.home().resolve() \
+    # os.path.realpath, not Path.resolve: a symbolic link loop must not raise (RuntimeError before Python 3.13).
+    resolved = Path(os.path.realpath(output))
+    here = Path(os.path.realpath(Path.cwd()))
+    if resolved == here or resolved in here.parents or resolved == Path(os.path.realpath(Path.home())) \
             or resolved.parent == resolved:
         raise FERError(f"--output {output} is {'the current folder' if resolved == here else 'a folder that holds the current folder, your home or /'}: "
                        f"give a new folder for the data set (e.g. dataset)")
     if source == "kaggle" or "://" in source:
         return
-    src = Path(source).expanduser().resolve()
+    src = Path(os.path.realpath(Path(source).expanduser()))
     if src == resolved or resolved in src.parents:
         raise FERError(f"--source {source} is inside --output {output}: importing would replace the folder "
                        f"that holds the source; choose another --output")
@@ -340,10 +341,10 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
         raise FERError(f"unsupported URL {source}: give an http(s) URL, a local path, or 'kaggle'")
     else:
         path = Path(source).expanduser()
-        if not path.exists():
+        if not os.path.lexists(path):
             raise FERError(f"source not found: {path} (give 'kaggle', an http(s) URL, or the path of a "
                            f"Kaggle-layout folder, its .zip/.tar(.gz), or fer2013.csv(.gz))")
-        # A FIFO or a device (/dev/zero) would block, or never end, when read.
+        # A FIFO or a device (/dev/zero) would block, or never end, when read; a link loop names itself.
         check_regular_file(path, "--source", folder_ok=True)
         if sha256:
             if path.is_dir():
