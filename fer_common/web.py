@@ -10,7 +10,6 @@ The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run d
 
 import http.server
 import mimetypes
-from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -102,7 +101,7 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) 
     check_web_files()
     handler = type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet})
     try:
-        return http.server.ThreadingHTTPServer((host, port), partial(handler))
+        return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
         raise FERError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --port") from None
 

@@ -10,7 +10,11 @@ screenshot is kept in build/test-artefacts/web/. Frame rates for benchmarks/READ
 import base64
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +29,7 @@ import pytest
 from fer_common import FER
 from fer_common import web
 from fer_common.detection import FaceDetector
+from fer_common.errors import FERError
 from fer_common.tracking import iou
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +76,28 @@ def test_resolve_serves_only_the_page_and_its_models():
     for path in ("/models/fer_model.pth", "/README.md", "/web/../README.md", "/web/%2e%2e/README.md",
                  "/models/../README.md", "/fer_common/web.py", "/web/missing.js"):
         assert web.resolve(path) is None, path
+
+
+def test_missing_runtime_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(web, "ORT_DIR", tmp_path / "missing")
+    with pytest.raises(FERError, match="npm ci"):
+        web.make_server("127.0.0.1", 0)
+
+
+def test_main_as_typed(tmp_path):
+    """python -m fer_common.web --port 0: says where to go, serves the page, stops on a signal."""
+    if not (web.ORT_DIR / "ort.wasm.min.mjs").is_file():
+        pytest.skip("ONNX Runtime Web is not installed: run `npm ci` in web/")
+    proc = subprocess.Popen([sys.executable, "-m", "fer_common.web", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://\S+/", line).group(0)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"Nothing is uploaded" in r.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,7 @@ export async function loadModels(backend = "auto") {
   const gpu = backend !== "wasm" && await webgpuAdapter();
   const ort = await import(new URL(gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs", ORT_DIST).href);
   ort.env.wasm.wasmPaths = ORT_DIST.href;
+  ort.env.logLevel = "error";     // not its warnings about YuNet's declared output sizes, nor about the CPU's name
   const [classifierBytes, yunetBytes] = await Promise.all([
     fetchBytes(new URL(CLASSIFIER_FILE, MODELS)), fetchBytes(new URL(YUNET_FILE, MODELS))]);
   const options = { executionProviders: gpu ? ["webgpu", "wasm"] : ["wasm"] };
@@ -471,8 +472,10 @@ function page() {
   window.ferSnapshot = () => last && { results: last.results, png: last.frame.toDataURL("image/png") };
 
   const grab = (source, width, height) => {
-    frameCanvas.width = view.width = width;
-    frameCanvas.height = view.height = height;
+    if (frameCanvas.width !== width || frameCanvas.height !== height) {   // resizing a canvas clears it: not per frame
+      frameCanvas.width = view.width = width;
+      frameCanvas.height = view.height = height;
+    }
     frameCtx.drawImage(source, 0, 0, width, height);
     return frameCtx.getImageData(0, 0, width, height).data;
   };
