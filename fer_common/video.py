@@ -748,19 +748,28 @@ class Window(Sink):
                 self.shown += 1
                 self._poll(1)
                 return
-            wait = self.pacer.delay(result.time)
-            now = self.pacer.clock()
-            if wait < -self.late and self._shown_at is not None and now - self._shown_at < self.refresh:
-                self.skipped += 1                # behind: process this frame, show a later one
-                if now - self._polled > self.refresh:
-                    self._poll(1)                # keys still work while catching up
+            if not self.pacer.paused:
+                wait, now = self.pacer.delay(result.time), self.pacer.clock()
+                if wait < -self.late and self._shown_at is not None and now - self._shown_at < self.refresh:
+                    self.skipped += 1            # behind: process this frame, show a later one
+                    if now - self._polled > self.refresh:
+                        self._poll(1)            # keys still work while catching up
+                    return
+            # wait for the frame's time on the source clock (keys work meanwhile), then show it
+            while not self.stop:
+                if self.pacer.paused:
+                    self._poll(50)
+                    continue
+                wait = self.pacer.delay(result.time)
+                if wait <= 0.0005:
+                    break
+                self._poll(wait * 1000)
+            if self.stop:
                 return
             self.gui.show(self.title, frame)
             self.shown += 1
-            self._shown_at = now
-            self._poll(wait * 1000)
-            while not self.stop and (self.pacer.paused or (wait := self.pacer.delay(result.time)) > 0.0005):
-                self._poll(50 if self.pacer.paused else wait * 1000)
+            self._shown_at = self.pacer.clock()
+            self._poll(1)                        # HighGUI draws the picture while it waits for a key
         except cv2.error:
             print("no display available: running headless (--no_display)", file=sys.stderr)
             self.enabled = False

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,32 @@ def test_plot_has_one_panel_per_face(tmp_path):
     assert cv2.imread(str(one)).shape[0] < image.shape[0]           # one face: a shorter figure than two
     plot_summary(FaceSummary(CLASSES), tmp_path / "none.png")        # no faces: still a picture, saying so
     assert cv2.imread(str(tmp_path / "none.png")) is not None
+
+
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("row, expect", [
+    ("0,inf,1,1,1,1,1,calm,1,0,0", "line 2: time_s or a probability is not finite"),
+    ("0,nan,1,1,1,1,1,calm,1,0,0", "line 2: time_s or a probability is not finite"),
+    ("0,0,1,1,1,1,1,calm,nan,0,0", "line 2: time_s or a probability is not finite"),
+    ("0,0,1,1,1,1,1,calm,1,-inf,0", "line 2: time_s or a probability is not finite"),
+])
+def test_non_finite_log_values_are_refused(tmp_path, row, expect):
+    log = tmp_path / "log.csv"
+    log.write_text(",".join(csv_header(CLASSES)) + "\n" + row + "\n")
+    with pytest.raises(FERError, match=expect):
+        summarise_csv(log)
+
+
+def test_summary_json_is_strict(tmp_path):
+    summary = FaceSummary(CLASSES)
+    with pytest.raises(FERError, match="not a finite number"):
+        summary.add(1, float("inf"), [0.2, 0.3, 0.5])
+    summary.add(1, 0.0, [float("nan"), 0.3, 0.5])             # a broken model's row: counted, never written as NaN
+    summary.add(1, 0.05, [0.1, 0.8, 0.1])
+    text = json.dumps(summary.to_dict(source="x"), allow_nan=False)
+    assert _strict(text)["faces"][0]["frames"] == 2

@@ -75,3 +75,12 @@ def test_smoothing_off_passes_probabilities_through():
     tracker.update_detections([[0, 0, 10, 10]], frame=0)
     for p in ([[0.2, 0.8]], [[0.9, 0.1]]):
         np.testing.assert_allclose(tracker.smooth_probabilities(np.array(p, np.float32)), p)
+
+
+def test_end_tracks_forgets_every_face_and_ids_go_on():
+    tracker = FaceTracker()
+    tracker.update_detections([[0, 0, 100, 100]], frame=0)
+    tracker.end_tracks()                                       # a scene cut
+    assert tracker.ids == [] and tracker.tracks == [] and len(tracker.boxes(1, (480, 640))) == 0
+    tracker.update_detections([[0, 0, 100, 100]], frame=3)     # the same place, a new scene: a new face
+    assert tracker.ids == [2]

@@ -1,6 +1,11 @@
 import csv
+import errno
+import io
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 
 import cv2
@@ -12,9 +17,10 @@ from fer_common.cli import FERError, run_main
 from fer_common.detection import FaceDetector
 from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
+from fer_common.overlay import Overlay
 from fer_common.summary import MATPLOTLIB_MISSING
-from fer_common.video import (FrameResult, VideoPipeline, VideoReader, analyse_video, csv_header, output_sinks,
-                               run_video)
+from fer_common.video import (FrameResult, Pacer, SceneCuts, VideoFile, VideoPipeline, VideoReader, Window,
+                              analyse_video, csv_header, output_sinks, pyav_encoders, run_video)
 from helpers_models import TEST_IMAGE, TEST_VIDEO, run_script
 
 
@@ -266,3 +272,391 @@ def test_summary_from_refuses_video_flags(tmp_path, capsys):
                  ["--summary_from", str(log), "--video", str(TEST_VIDEO)])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--summary_from" in err[0]
+
+
+# ------------------------------------------------------------------ playback on the source's clock (issue 21)
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class FakeGui:
+    """HighGUI without a window: wait_key advances the fake clock; keys arrive at given times."""
+
+    def __init__(self, clock, keys=()):
+        self.clock, self.keys = clock, sorted(keys)
+        self.shown, self.destroyed = [], False
+
+    def show(self, title, frame):
+        self.shown.append((int(frame[0, 0, 0]), self.clock.t))
+
+    def wait_key(self, ms):
+        end = self.clock.t + max(int(ms), 1) / 1000
+        if self.keys and self.keys[0][0] <= end:
+            t, key = self.keys.pop(0)
+            self.clock.t = max(self.clock.t, t)
+            return key
+        self.clock.t = end
+        return 255
+
+    def visible(self, title):
+        return True
+
+    def destroy(self, title):
+        self.destroyed = True
+
+
+def tiny(k, fps=20.0):
+    frame = np.full((4, 4, 3), k, np.uint8)
+    return frame, FrameResult(k, k / fps, np.zeros((0, 4), np.int32), [], np.zeros((0, 7), np.float32),
+                              np.zeros((0, 2), np.float32))
+
+
+def play(window, clock, n, cost=lambda k: 0.0, fps=20.0):
+    for k in range(n):
+        clock.t += cost(k)                  # the pipeline's own time for frame k
+        window.write(*tiny(k, fps))
+        if window.stop:
+            break
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0, 0.5])
+def test_file_frames_are_shown_on_the_source_clock(speed):
+    clock = FakeClock()
+    gui = FakeGui(clock)
+    window = Window(pacer=Pacer(speed, clock=clock), gui=gui)
+    play(window, clock, 20)
+    assert [k for k, _ in gui.shown] == list(range(20)) and window.skipped == 0
+    for k, t in gui.shown:                  # 20 fps: frame k at k / 20 s, divided by the speed
+        assert t == pytest.approx(k / 20 / speed, abs=0.002)
+
+
+def test_behind_skips_showing_never_processing():
+    clock = FakeClock()
+    gui = FakeGui(clock)
+    window = Window(pacer=Pacer(1.0, clock=clock), gui=gui)
+    written = []
+    window_write = window.write
+    window.write = lambda frame, result, fps=None: (written.append(result.index), window_write(frame, result))
+    play(window, clock, 30, cost=lambda k: 0.2 if k == 10 else 0.0)       # one stall of 0.2 s at frame 10
+    assert written == list(range(30))                                    # every frame processed
+    shown = dict(gui.shown)
+    assert window.skipped >= 1 and len(shown) + window.skipped == 30
+    assert 10 in shown                                                    # after a stall the picture is refreshed
+    for k in range(14, 30):                                               # ... and the clock caught up
+        assert shown[k] == pytest.approx(k / 20, abs=0.002)
+
+
+def test_a_pipeline_slower_than_the_source_still_shows_its_frames():
+    clock = FakeClock()
+    gui = FakeGui(clock)
+    window = Window(pacer=Pacer(1.0, clock=clock), gui=gui)
+    play(window, clock, 20, cost=lambda k: 0.1)                           # 10 FPS for a 20 fps file
+    times = [t for _, t in gui.shown]
+    assert len(times) >= 18 and max(np.diff(times)) < 0.15                # never a frozen window
+
+
+def test_space_pauses_and_resumes():
+    clock = FakeClock()
+    gui = FakeGui(clock, keys=[(0.26, ord(" ")), (1.26, ord(" "))])       # paused for 1 s during frame 6's wait
+    window = Window(pacer=Pacer(1.0, clock=clock), gui=gui)
+    play(window, clock, 20)
+    shown = dict(gui.shown)
+    assert len(shown) == 20
+    assert shown[5] == pytest.approx(0.25, abs=0.002)
+    for k in range(6, 20):
+        assert shown[k] == pytest.approx(k / 20 + 1.0, abs=0.002)
+
+
+def test_last_frame_stays_until_q_unless_close_at_end():
+    clock = FakeClock()
+    gui = FakeGui(clock, keys=[(5.0, ord("q"))])
+    window = Window(pacer=Pacer(1.0, clock=clock), hold=True, gui=gui)
+    with window:
+        play(window, clock, 3)
+    assert not gui.destroyed and not window.stop                          # the end of the file: still up
+    window.wait_at_end()
+    assert gui.destroyed and clock.t == pytest.approx(5.0, abs=0.06)      # closed by q
+    clock, gui = FakeClock(), None
+    gui = FakeGui(clock)
+    window = Window(pacer=Pacer(1.0, clock=clock), hold=False, gui=gui)   # --close_at_end
+    with window:
+        play(window, clock, 3)
+    assert gui.destroyed
+
+
+def test_q_quits_while_waiting():
+    clock = FakeClock()
+    gui = FakeGui(clock, keys=[(0.33, ord("q"))])
+    window = Window(pacer=Pacer(1.0, clock=clock), gui=gui)
+    play(window, clock, 20)
+    assert window.stop and len(gui.shown) == 7                            # frames 0-6, then q
+
+
+def test_webcam_frames_are_shown_at_once():
+    clock = FakeClock()
+    gui = FakeGui(clock, keys=[(0.001, ord(" "))])                        # space: no pause for a webcam
+    window = Window(pacer=None, gui=gui)
+    play(window, clock, 5)
+    assert len(gui.shown) == 5 and not window.stop
+
+
+class StubReader:
+    def __init__(self, live):
+        self.live, self.fps, self.size = live, 20.0, (64, 48)
+
+
+@pytest.mark.parametrize("live, speed, close_at_end, paced, hold", [
+    (False, 1.0, False, True, True),       # a file in a window: paced, last frame held
+    (False, 0.0, False, False, True),      # --speed 0: as fast as possible
+    (False, 1.0, True, True, False),       # --close_at_end
+    (True, 1.0, False, False, False),      # a webcam: as before
+])
+def test_output_sinks_pace_only_files_in_a_window(live, speed, close_at_end, paced, hold):
+    sinks = output_sinks(StubReader(live), EMOTIONS, display=True, speed=speed, close_at_end=close_at_end)
+    window = sinks[-1]
+    assert isinstance(window, Window) and (window.pacer is not None) == paced and window.hold == hold
+    if paced:
+        assert window.pacer.speed == speed
+    assert not any(isinstance(s, Window) for s in output_sinks(StubReader(live), EMOTIONS, display=False))
+
+
+def test_speed_flag(capsys):
+    parser = real_time_video.get_args_parser()
+    assert parser.parse_args([]).speed == 1.0 and not parser.parse_args([]).close_at_end
+    assert parser.parse_args(["--speed", "0", "--close_at_end"]).speed == 0.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--speed", "-1"])
+    assert "--speed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ no phantom faces (issue 21)
+
+def test_scene_cuts_are_found_and_pans_are_not():
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (360, 900, 3), dtype=np.uint8), (9, 9), 0)
+    cuts = SceneCuts()
+    pan = [cuts(texture[:, 8 * k:8 * k + 480]) for k in range(40)]                 # a fast pan
+    assert not any(pan)
+    other = cv2.GaussianBlur(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8), (31, 31), 0) // 2
+    assert cuts(other) and not cuts(other)                                          # a cut, once
+    cap = cv2.VideoCapture(str(TEST_VIDEO))
+    cuts = SceneCuts()
+    found = [k for k in range(80) if cuts(cap.read()[1])]
+    cap.release()
+    assert found == [50]                                                            # the test clip's one cut
+
+
+CUT = 31     # the first frame of the second shot, between two detection rounds of --detect_every 3
+
+
+def make_cut_clip(path):
+    """Two shots, one face each, two different people at the same place: a hard cut at frame CUT."""
+    portrait = cv2.resize(cv2.imread(str(TEST_IMAGE)), (360, 360))
+    cap = cv2.VideoCapture(str(TEST_VIDEO))
+    other = [cap.read()[1] for _ in range(40)][10:]
+    cap.release()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (480, 360))
+    for k in range(CUT):
+        frame = np.zeros((360, 480, 3), np.uint8)
+        x = 60 + k % 3                                     # the first person sways a little
+        frame[:, x:x + 360] = portrait
+        writer.write(frame)
+    for frame in other:                                    # the second person's face moved onto the first's place
+        writer.write(cv2.warpAffine(frame, np.float32([[1, 0, 48], [0, 1, -63]]), (480, 360)))
+    writer.release()
+    return path
+
+
+def video_detector():
+    return FaceDetector(min_face=real_time_video.VIDEO_MIN_FACE, detect_size=real_time_video.VIDEO_DETECT_SIZE)
+
+
+def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
+    clip = make_cut_clip(tmp_path / "cut.avi")
+    predictor = Predictor(models / "fer_model.onnx")
+    # Without the cut check the first person's track goes on over the second person (the test is not vacuous).
+    before = {k: r.ids for k, (_, r) in enumerate(
+        VideoPipeline(predictor, video_detector(), threaded=True, fps=20, scene_cuts=False).run(VideoReader(clip)))}
+    first = set(before[0])
+    assert first and any(first & set(before[k]) for k in range(CUT, CUT + 3))
+    # Default flags, as a user types them: no drawing, log row or summary share of the first face after the cut.
+    drawn = []
+    draw = Overlay.draw_result
+    monkeypatch.setattr(Overlay, "draw_result",
+                        lambda self, frame, result, **kw: (drawn.append((result.index, list(result.ids))),
+                                                           draw(self, frame, result, **kw)))
+    log, summary, out = tmp_path / "log.csv", tmp_path / "summary.json", tmp_path / "out.mp4"
+    with pytest.raises(SystemExit) as e:
+        run_main(real_time_video.main, real_time_video.get_args_parser(),
+                 ["--video", str(clip), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",
+                  "--log_csv", str(log), "--summary", str(summary), "--save_output", str(out)])
+    assert e.value.code == 0
+    assert len(drawn) == 61 and all(ids for _, ids in drawn)
+    first = set(drawn[0][1])
+    assert all(first.isdisjoint(ids) for k, ids in drawn if k >= CUT)
+    assert all(set(ids) == first for k, ids in drawn if k < CUT)
+    rows = list(csv.DictReader(log.open()))
+    assert rows and all(int(r["frame"]) < CUT for r in rows if int(r["face_id"]) in first)
+    assert {int(r["frame"]) for r in rows} == set(range(61))
+    faces = json.loads(summary.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["faces"]
+    for face in faces:
+        if face["face_id"] in first:
+            assert face["last_seen_s"] < CUT / 20 and face["frames"] == CUT
+        else:
+            assert face["first_seen_s"] >= CUT / 20
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_test_clip_first_face_ends_at_its_cut(models, threaded):
+    items = analyse_video(str(TEST_VIDEO), Predictor(models / "fer_model.onnx"), video_detector(),
+                          threaded=threaded, max_frames=60)
+    ids = {r.index: set(r.ids) for _, r in items}
+    first = set().union(*(ids[k] for k in range(50)))
+    assert first and all(first.isdisjoint(ids[k]) for k in range(50, 60))
+    assert all(len(ids[k]) == 2 for k in range(50, 60))                 # the second shot's two faces, at once
+
+
+# ------------------------------------------------------------------ saved video plays in browsers (issue 21)
+
+def codec_of(path) -> str:
+    av = pytest.importorskip("av")
+    with av.open(str(path)) as container:
+        return container.streams.video[0].codec_context.name
+
+
+@pytest.mark.parametrize("suffix, codec, want", [(".mp4", "libx264", {"h264"}),
+                                                  (".webm", "libvpx-vp9", {"vp9", "libvpx-vp9"})])
+def test_saved_video_is_a_browser_codec(tmp_path, suffix, codec, want):
+    if codec not in pyav_encoders():
+        pytest.skip(f"no {codec} encoder here (PyAV not installed, or its FFmpeg lacks it)")
+    out = tmp_path / f"out{suffix}"
+    frames = [np.full((361, 481, 3), 10 * k, np.uint8) for k in range(12)]     # odd sizes: one row/column off
+    with VideoFile(out, 20.0, (481, 361)) as video:
+        for frame in frames:
+            video.write(frame)
+    assert video.note is None and codec_of(out) in want
+    (count, fps, w, h), n = read_video(out)
+    assert n == 12 and fps == pytest.approx(20.0) and (w, h) == (480, 360)
+
+
+def test_script_prints_the_codec(models, tmp_path):
+    if "libx264" not in pyav_encoders():
+        pytest.skip("no libx264 encoder here (PyAV not installed)")
+    out = tmp_path / "out.mp4"
+    r = run_script("real_time_video.py", "--video", TEST_VIDEO, "--checkpoint", models / "fer_model.onnx",
+                   "--no_display", "--max_frames", "10", "--save_output", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"output video: H.264 (libx264) -> {out}" in r.stdout and codec_of(out) == "h264"
+
+
+def test_without_pyav_mp4v_with_a_one_line_note(tmp_path, monkeypatch):
+    monkeypatch.setattr("fer_common.video.pyav_encoders", lambda: set())
+    out = tmp_path / "out.mp4"
+    with VideoFile(out, 20.0, (64, 48)) as video:
+        video.write(np.zeros((48, 64, 3), np.uint8))
+    assert video.encoder == "mp4v" and "\n" not in video.note and "pip install av" in video.note
+    assert read_video(out)[1] == 1
+
+
+# ------------------------------------------------------------------ progress, write failures, options
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_headless_file_run(models, monkeypatch):
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit) as e:
+        run_main(real_time_video.main, real_time_video.get_args_parser(),
+                 ["--video", str(TEST_VIDEO), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",
+                  "--max_frames", "30"])
+    assert e.value.code == 0
+    text = err.getvalue()
+    assert re.search(r"\d+/30 \[[\d:]+<[\d:]+, +[\d.]+ frames/s\]", text), text[-500:]    # frames, FPS, time left
+
+
+class FailingWriter:
+    def __init__(self, *args):
+        self.n = 0
+
+    def write(self, frame):
+        self.n += 1
+        if self.n > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_is_an_error_and_leaves_no_file(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fer_common.video.open_video_writer", FailingWriter)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(SystemExit) as e:
+        run_main(real_time_video.main, real_time_video.get_args_parser(),
+                 ["--video", str(TEST_VIDEO), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",
+                  "--save_output", str(out), "--log_csv", str(tmp_path / "log.csv")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write output video") and "No space left" in err[0]
+    assert list(tmp_path.iterdir()) == []                     # no partial video, no temporary, no log of a failed run
+
+
+@pytest.mark.parametrize("library", ["pyav", "opencv"])
+def test_a_full_disk_during_save_output_fails_cleanly(models, tmp_path, library):
+    """A real write failure: the process may write at most 150 kB per file (RLIMIT_FSIZE, like a full disk)."""
+    resource = pytest.importorskip("resource")
+    if library == "pyav" and "libx264" not in pyav_encoders():
+        pytest.skip("no libx264 encoder here (PyAV not installed)")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)         # the write fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    out = tmp_path / "out.mp4"
+    block = "import sys; sys.modules['av'] = None; " if library == "opencv" else ""   # as without PyAV
+    code = (f"{block}import os, runpy, sys; sys.argv = sys.argv[1:]; "
+            f"sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, str(real_time_video.__file__), "--video", str(TEST_VIDEO),
+                        "--checkpoint", str(models / "fer_model.onnx"), "--no_display", "--save_output", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                       # OpenCV's per-frame "Failed to write frame" warnings: what cli.quiet_native_logs means to set
+                       env=dict(os.environ, OPENCV_LOG_LEVEL="SILENT"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write output video"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, expect", [
+    ({"source": -1}, "webcam index must be from 0 to 99"),
+    ({"source": 100}, "webcam index must be from 0 to 99"),
+    ({"source": True}, "a video source is a file path or a webcam index"),
+    ({"source": None}, "a video source is a file path or a webcam index"),
+    ({"source": ""}, "a video source is a file path or a webcam index"),
+    ({"source": 1.5}, "a video source is a file path or a webcam index"),
+    ({"max_frames": 0}, "max_frames must be 1 or more"),
+    ({"max_frames": -1}, "max_frames must be 1 or more"),
+    ({"max_frames": 2.5}, "max_frames must be an integer"),
+    ({"detect_every": 0}, "detect_every must be from 1 to 1000"),
+    ({"detect_every": "3"}, "detect_every must be an integer"),
+    ({"smooth": float("nan")}, "smooth must be a finite number"),
+    ({"smooth": 1.0}, r"smooth must be in \[0, 1\)"),
+])
+def test_analyse_video_checks_its_options_first(kwargs, expect):
+    options = {"source": str(TEST_VIDEO), **kwargs}
+    with pytest.raises(FERError, match=expect):
+        analyse_video(options.pop("source"), None, None, **options)       # before any model or capture is used
+
+
+def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(FERError, match="not a regular file"):             # no hang on open
+        VideoReader(str(fifo))
