@@ -371,31 +371,43 @@ export async function analyse(models, rgba, width, height, settings = IMAGE_SETT
 }
 
 // ------------------------------------------------------------------ live video: ids and smoothing (FaceTracker)
+// fer_common/tracking.py's FaceTracker with a detection every frame: greedy IoU matching against each track's
+// extrapolated box, a face missed once keeps its id (not shown), new faces get new ids, probabilities smoothed.
 export class Tracker {
-  constructor(smooth = 0.5, iouThreshold = 0.3) { this.smooth = smooth; this.iouThreshold = iouThreshold; this.tracks = []; this.nextId = 1; }
+  constructor(smooth = 0.5, iouThreshold = 0.3, maxMissed = 1) {
+    Object.assign(this, { smooth, iouThreshold, maxMissed, tracks: [], nextId: 1, frame: 0 });
+  }
 
-  // Greedy IoU matching of this frame's faces to the tracks; adds `id` and the smoothed `shown` to each face.
+  // Adds `id` and the smoothed probabilities `shown` (in class order) to each of this frame's faces.
   update(faces, classNames) {
+    const frame = ++this.frame, at = (t) => t.box.map((v, k) => v + t.velocity[k] * (frame - t.frame));
     const pairs = [];
-    this.tracks.forEach((t, ti) => faces.forEach((f, fi) => pairs.push([iou(t.box, f.box), ti, fi])));
-    pairs.sort((a, b) => b[0] - a[0]);
-    const usedT = new Set(), usedF = new Set(), next = [];
+    this.tracks.forEach((t, ti) => faces.forEach((f, fi) => pairs.push([iou(at(t), f.box), ti, fi])));
+    pairs.sort((a, b) => b[0] - a[0] || b[1] - a[1] || b[2] - a[2]);
+    const matchedT = new Map(), matchedF = new Set();
     for (const [score, ti, fi] of pairs) {
-      if (score < this.iouThreshold || usedT.has(ti) || usedF.has(fi)) continue;
-      usedT.add(ti); usedF.add(fi);
-      faces[fi].track = this.tracks[ti];
+      if (score < this.iouThreshold) break;
+      if (matchedT.has(ti) || matchedF.has(fi)) continue;
+      const t = this.tracks[ti];
+      t.velocity = faces[fi].box.map((v, k) => (v - t.box[k]) / (frame - t.frame));
+      Object.assign(t, { box: faces[fi].box, frame, missed: 0 });
+      matchedT.set(ti, fi);
+      matchedF.add(fi);
     }
-    for (const f of faces) {
-      const now = classNames.map((c) => f.probabilities[c]);
-      const t = f.track || { id: this.nextId++, p: null };
+    const kept = this.tracks.filter((t, ti) => (matchedT.has(ti) ? true : ++t.missed <= this.maxMissed));
+    const owner = new Map([...matchedT].map(([ti, fi]) => [fi, this.tracks[ti]]));
+    faces.forEach((f, fi) => {
+      if (!owner.has(fi)) {
+        const t = { id: this.nextId++, box: f.box, velocity: [0, 0, 0, 0], frame, missed: 0, p: null };
+        kept.push(t);
+        owner.set(fi, t);
+      }
+      const t = owner.get(fi), now = classNames.map((c) => f.probabilities[c]);
       t.p = t.p ? t.p.map((v, j) => this.smooth * v + (1 - this.smooth) * now[j]) : now;
-      t.box = f.box;
-      next.push(t);
-      delete f.track;
       f.id = t.id;
       f.shown = t.p;
-    }
-    this.tracks = next;
+    });
+    this.tracks = kept;
   }
 }
 
