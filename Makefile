@@ -1,24 +1,26 @@
-# Two commands set everything up:  `make demo` (runtime) and `make test` (runtime + tests).
+# Two commands set everything up:  `make demo` (the light runtime) and `make test` (everything + tests).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
 .PHONY: demo test test-fast bench install clean
 
-$(VENV)/.runtime: requirements.txt
+# The light runtime: `pip install -e .` (NumPy, OpenCV, ONNX Runtime; no PyTorch) and the `fer` command.
+$(VENV)/.base: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else "Python 3.10-3.12 is needed, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install -r requirements-dev.txt
+# The full set (training, export, video, plots) and the test tools.
+$(VENV)/.dev: $(VENV)/.base requirements.txt requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-install: $(VENV)/.runtime
+install: $(VENV)/.base
 
-demo: $(VENV)/.runtime
-	$(PY) inference.py Test_files/IMG_test_1.jpg
+demo: $(VENV)/.base
+	$(VENV)/bin/fer analyse Test_files/IMG_test_1.jpg
 
 test: $(VENV)/.dev
 	$(PY) -m pytest
@@ -26,7 +28,7 @@ test: $(VENV)/.dev
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -m "not slow"
 
-bench: $(VENV)/.runtime
+bench: $(VENV)/.dev
 	$(PY) -m benchmarks.run
 
 clean:

@@ -35,7 +35,7 @@ __version__ = "0.2.0"
 
 def __getattr__(name):
     # The API loads torch, OpenCV and ONNX Runtime: only when asked for, not for every `import fer_common.cli`.
-    if name in ("FER", "Face"):
+    if name in ("FER", "Face", "Result"):
         from . import api
         return getattr(api, name)
     raise AttributeError(f"module 'fer_common' has no attribute '{name}'")

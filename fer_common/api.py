@@ -3,117 +3,151 @@
     from fer_common import FER
 
     fer = FER()                                       # the shipped model and face detector, loaded once
-    for face in fer.analyse("photo.jpg"):             # a file, or a BGR image from OpenCV
-        print(face.box, face.top_emotion, face.probabilities["Happy"], face.embedding.shape)
+    for face in fer.analyse("photo.jpg"):             # a path, a BGR/gray/BGRA array, or a PIL image
+        print(face.box, face.score, face.top_emotion, face.confidence, face.probabilities["Happy"])
 
-    for frame_index, faces in fer.analyse_video("clip.mp4"):      # a generator, one item per frame
+    result = fer.analyse_image("photo.jpg")           # the whole Result: source, size, faces, error
+    print(result.to_json())
+
+    for result in fer.analyse_video("clip.mp4"):      # a generator of Results, one per frame (frame, time)
         ...
-
-    for path, faces in fer.analyse_folder("crops/", detect=False):  # bulk: batched, threaded, in order
+    for result in fer.analyse_folder("crops/", detect=False):     # bulk: batched, threaded, in order
         ...
+    table = to_dataframe(fer.analyse_folder("photos/"))           # fer_common.results: one row per face
 
-Nothing here is a second code path: `analyse` is the detector and Predictor that inference.py uses,
+Nothing here is a second code path: `analyse_image` is the detector and Predictor that inference.py uses,
 `analyse_folder` is fer_common.bulk (inference.py FOLDER), `analyse_video` is fer_common.video's pipeline
-(real_time_video.py).
+(real_time_video.py), and every result is a fer_common.results.Result.
+
+Threads: one FER object may be shared by several threads. The ONNX Runtime session is safe to share; the
+face detector (OpenCV's, which is not) is used under a lock, so threads that need detection in parallel are
+faster with a FER object each.
 """
 
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .errors import FERError
 from .detection import FaceDetector, crop_faces
+from .errors import FERError
+from .predictor import Ensemble, Predictor
 from .preprocess import read_image
+from .results import Face, Result, make_result
+from .shipped import SHIPPED_MODELS_DIR
+
+SHIPPED_MODEL = "fer_model.int8.onnx"
+ACCEPTED = "a path, a uint8 array (H x W gray, H x W x 3 BGR or H x W x 4 BGRA, as OpenCV gives them) or a PIL image"
+
+__all__ = ["FER", "Face", "Result", "as_bgr"]
 
 
-@dataclass
-class Face:
-    """One face: where it is, what the model says about it, and its embedding."""
-    box: tuple                 # (x, y, w, h) in the image's pixels (the crop the model saw)
-    probabilities: dict        # class name -> probability, in the model's class order; they sum to 1
-    embedding: np.ndarray      # the model's face embedding (128-d for the shipped model)
-    track_id: int | None = None  # in a video: the same number for the same face across frames
-
-    @property
-    def top_emotion(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+def as_bgr(image) -> tuple[np.ndarray, str]:
+    """Any accepted image -> (uint8 BGR or gray array, a name for it). PIL images are converted by their mode
+    (RGB, RGBA, L, P, CMYK, ...), so colours are never swapped."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FERError(f"image not found: {path}" if not path.exists() else f"not a regular file: {path}")
+        array = read_image(path, 3, bgr=True)
+        if array is None:
+            raise FERError(f"cannot read {path} as an image")
+        return array, str(path)
+    if type(image).__module__.startswith("PIL."):
+        mode = getattr(image, "mode", "")
+        if mode in ("L", "1", "I", "I;16", "F"):
+            return np.asarray(image.convert("L")), "image"
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]), "image"
+    if not isinstance(image, np.ndarray):
+        raise FERError(f"cannot analyse a {type(image).__name__}: give {ACCEPTED}")
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise FERError(f"cannot analyse a {image.dtype} array of shape {image.shape}: give {ACCEPTED}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise FERError(f"cannot analyse an empty image (shape {image.shape})")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]                     # BGRA -> BGR: the alpha channel carries no face
+    return np.ascontiguousarray(image), "image"
 
 
 class FER:
     """Face detection and emotion recognition with one model, loaded once.
 
-    model: a .pth or .onnx file of this toolkit, or several (an ensemble); default: the shipped int8 model.
+    model: a .pth or .onnx file of this toolkit, or several (an ensemble); default (None): the shipped int8
+        model, never a file of the working folder.
     detector: 'yunet' (default), 'haar', or None (every image is already one face crop).
     tta: average each face with its mirror image (on by default, as in inference.py).
     device: 'auto', 'cpu', 'cuda', ... for .pth models; ONNX models pick their provider automatically.
     """
 
     def __init__(self, model=None, detector: str | None = "yunet", tta: bool = True, device: str = "auto"):
-        from .predictor import Ensemble, Predictor, resolve_model_file
-
         paths = model if isinstance(model, (list, tuple)) else [model]
-        files = [resolve_model_file("default", p, fast=True) if p is None else Path(p) for p in paths]
-        for f in files:
-            if not f.is_file():
-                raise FERError(f"model file not found: {f}")
+        if not paths:
+            raise FERError("model=[]: give a model file, several, or None for the shipped model")
+        files = [SHIPPED_MODELS_DIR / SHIPPED_MODEL if p is None else Path(p) for p in paths]
         members = [Predictor(f, device=device, tta=tta) for f in files]
         self.predictor = members[0] if len(members) == 1 else Ensemble(members)
         self.detector = FaceDetector(detector) if detector else None
+        self._detect_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        detector = self.detector.kind if self.detector else None
+        return f"FER(model={self.predictor.describe()!r}, detector={detector!r}, classes={self.class_names})"
 
     @property
-    def class_names(self) -> list:
+    def class_names(self) -> list[str]:
         return list(self.predictor.class_names)
 
-    def _faces(self, boxes, prediction) -> list:
-        return [Face(tuple(int(v) for v in box), dict(zip(self.class_names, map(float, p))), e)
-                for box, p, e in zip(np.asarray(boxes).reshape(-1, 4), prediction.probabilities, prediction.embeddings)]
-
-    def analyse(self, image, detect: bool = True) -> list:
-        """The faces in one image: a file path, or a BGR (or gray) uint8 array as OpenCV gives it.
+    def analyse_image(self, image, detect: bool = True) -> Result:
+        """The Result for one image (see as_bgr for what is accepted): its faces, or `error` saying why none.
 
         detect=False (or no detector) classifies the whole image as one face crop.
         """
-        if isinstance(image, (str, Path)):
-            path = Path(image)
-            if not path.is_file():
-                raise FERError(f"image not found: {path}")
-            rgb = read_image(path, 3)
-            if rgb is None:
-                raise FERError(f"cannot read {path} as an image")
-            image = np.ascontiguousarray(rgb[:, :, ::-1])          # RGB -> BGR, as OpenCV frames are
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise FERError(f"expected a uint8 image (H x W or H x W x 3), got {image.dtype} {image.shape}")
+        array, name = as_bgr(image)
+        h, w = array.shape[:2]
         if detect and self.detector is not None:
-            boxes = self.detector.detect(image)
-            crops = crop_faces(image, boxes)
+            with self._detect_lock:                 # OpenCV's detector is not safe to share between threads
+                boxes, scores = self.detector.detect_scored(array)
         else:
-            boxes = np.array([[0, 0, image.shape[1], image.shape[0]]])
-            crops = [image]
-        return self._faces(boxes, self.predictor.predict(crops, bgr=True))
+            boxes, scores = np.array([[0, 0, w, h]]), None
+        prediction = self.predictor.predict(crop_faces(array, boxes), bgr=True)
+        return make_result(name, self.class_names, boxes, prediction.probabilities, prediction.embeddings, scores,
+                           size=(w, h))
+
+    def analyse(self, image, detect: bool = True) -> list[Face]:
+        """The faces of one image, left to right (an empty list when there is none)."""
+        return self.analyse_image(image, detect).faces
+
+    analyze = analyse
+    analyze_image = analyse_image
 
     def analyse_video(self, source, detect_every: int = 3, smooth: float = 0.5,
-                      max_frames: int | None = None) -> Iterator[tuple]:
-        """(frame index, faces) for each frame of a video file (path) or webcam (int), as real_time_video.py sees
+                      max_frames: int | None = None) -> Iterator[Result]:
+        """A Result for each frame of a video file (path) or webcam (int, 0 and up), as real_time_video.py sees
         them: detection every `detect_every` frames with tracking between, probabilities smoothed per face
-        (`smooth` = 0 turns it off). Each Face also has its track id, the same for a face across frames."""
+        (`smooth` = 0 turns it off). Each Face has its track id, the same for a face across frames."""
         from .video import analyse_video
 
         if self.detector is None:
             raise FERError("video analysis needs a face detector: FER(detector='yunet')")
-        for _, result in analyse_video(source, self.predictor, self.detector, detect_every=detect_every,
-                                       smooth=smooth, max_frames=max_frames):
-            faces = self._faces(result.boxes, result)
-            for face, track in zip(faces, result.ids):
-                face.track_id = int(track)
-            yield result.index, faces
+        name = f"camera {source}" if isinstance(source, int) else str(source)
+        # A detector of its own: the pipeline runs it on a thread while this object may serve other threads.
+        frames = analyse_video(source, self.predictor, FaceDetector(self.detector.kind), detect_every=detect_every,
+                               smooth=smooth, max_frames=max_frames)
+        for frame, r in frames:
+            yield make_result(name, self.class_names, r.boxes, r.probabilities, r.embeddings, track_ids=r.ids,
+                              size=(frame.shape[1], frame.shape[0]), frame=r.index, time=r.time,
+                              no_face_error=False)
 
-    def analyse_folder(self, folder, detect: bool = True, recursive: bool = False) -> Iterator[tuple]:
-        """(image path, faces) for every image of a folder, in sorted order; unreadable images give no faces."""
+    analyze_video = analyse_video
+
+    def analyse_folder(self, folder, detect: bool = True, recursive: bool = False) -> Iterator[Result]:
+        """A Result for every image of a folder, in sorted order; an unreadable image is one with `error`."""
         from .bulk import analyse_folder
 
         detector = (lambda: FaceDetector(self.detector.kind)) if detect and self.detector is not None else None
-        for result in analyse_folder(folder, self.predictor, detector, recursive=recursive):
-            yield result.image, self._faces(result.boxes, result)
+        yield from analyse_folder(folder, self.predictor, detector, recursive=recursive)
+
+    analyze_folder = analyse_folder

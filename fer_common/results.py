@@ -89,7 +89,7 @@ def make_result(source, class_names, boxes=(), probabilities=(), embeddings=None
     optional K x D embeddings, K detection scores and K track ids. `error` defaults to NO_FACE when K is 0
     (no_face_error=False leaves it None: a video frame without a face is not a failure)."""
     boxes = np.asarray(boxes).reshape(-1, 4)
-    probabilities = np.asarray(probabilities, np.float64).reshape(len(boxes), -1)
+    probabilities = np.asarray(probabilities, np.float64).reshape(len(boxes), len(class_names))
     names = list(class_names)
     faces = []
     for i, box in enumerate(boxes.tolist()):

@@ -11,8 +11,10 @@ _INSTALLED = Path(__file__).resolve().parent / "shipped"
 
 
 def shipped_dir() -> Path:
-    """models/ of a checkout if it is there, else the copy inside an installed package."""
-    return _CHECKOUT if _CHECKOUT.is_dir() else _INSTALLED
+    """The copy inside an installed package if there is one, else models/ of the checkout this package is in.
+
+    The package's own copy comes first: in site-packages, `../models` is whatever another package put there."""
+    return _INSTALLED if _INSTALLED.is_dir() else _CHECKOUT
 
 
 SHIPPED_MODELS_DIR = shipped_dir()

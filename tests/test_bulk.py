@@ -1,5 +1,3 @@
-import csv
-import json
 import threading
 
 import cv2
@@ -10,6 +8,7 @@ from fer_common import bulk
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
+from fer_common.results import Face, Result, probability_matrix
 from helpers_models import shared_models
 from synthetic import pattern
 
@@ -51,21 +50,26 @@ def test_list_images_sorted_recursive_without_hidden_files(tmp_path):
         bulk.list_images([tmp_path / "missing.png"])
 
 
+def boxes_of(r):
+    return [list(f.box) for f in r.faces]
+
+
 def test_results_in_input_order_across_batches_and_threads(predictor, tmp_path):
     paths = make_crops(tmp_path, 23, bad={7})
     results = list(bulk.iter_results(predictor, paths, batch_size=4, workers=3))
-    assert [r.index for r in results] == list(range(23)) and [r.image for r in results] == paths
-    assert results[7].error == "cannot decode" and len(results[7].boxes) == 0
+    assert [r.index for r in results] == list(range(23)) and [r.source for r in results] == paths
+    assert results[7].error == "cannot decode" and results[7].faces == [] and results[7].size is None
     for r in results[:7] + results[8:]:
-        crop = cv2.imread(r.image, cv2.IMREAD_GRAYSCALE)
+        crop = cv2.imread(r.source, cv2.IMREAD_GRAYSCALE)
         alone = predictor.predict([crop])               # one image at a time, as inference.py used to
-        assert r.error is None and r.boxes.tolist() == [[0, 0, 48, 48]]
-        np.testing.assert_allclose(r.probabilities, alone.probabilities, atol=1e-5)
-        np.testing.assert_allclose(r.embeddings, alone.embeddings, atol=1e-4)
+        assert r.error is None and boxes_of(r) == [[0, 0, 48, 48]] and r.size == (48, 48)
+        assert r.faces[0].score is None                 # no detector: the image is the face
+        np.testing.assert_allclose(probability_matrix(r, predictor.class_names), alone.probabilities, atol=1e-5)
+        np.testing.assert_allclose(r.faces[0].embedding, alone.embeddings[0], atol=1e-4)
 
 
 def test_detected_faces_go_back_to_their_images(predictor, tmp_path):
-    """Faces of many images share a forward pass; each image gets its own faces back."""
+    """Faces of many images share a forward pass; each image gets its own faces back, with their scores."""
     rng = np.random.default_rng(1)
     paths = []
     for i in range(11):
@@ -81,100 +85,35 @@ def test_detected_faces_go_back_to_their_images(predictor, tmp_path):
         def __init__(self):
             made.append(threading.get_ident())
 
-        def detect(self, frame):
-            return np.array(frames[frame.tobytes()], np.int32).reshape(-1, 4)
+        def detect_scored(self, frame):
+            boxes = np.array(frames[frame.tobytes()], np.int32).reshape(-1, 4)
+            return boxes, np.full(len(boxes), 0.75, np.float32)
 
     results = list(bulk.iter_results(predictor, paths, LookupDetector, batch_size=3, workers=2))
     assert len(made) <= 2                                # one detector per worker thread, not per image
     for k, r in enumerate(results):
-        assert r.boxes.tolist() == plans[paths[k]]
-        assert r.probabilities.shape == (k % 3, len(EMOTIONS))
+        assert boxes_of(r) == plans[paths[k]]
+        assert r.error == (None if k % 3 else "no face found")
+        assert [f.score for f in r.faces] == [0.75] * (k % 3)
         if k % 3:
             frame = cv2.imread(paths[k])
             expected = predictor.predict([frame[:, 0:48], frame[:, 48:96]][:k % 3])
-            np.testing.assert_allclose(r.probabilities, expected.probabilities, atol=1e-5)
-
-
-def test_jsonl_and_csv_contents(predictor, tmp_path):
-    paths = make_crops(tmp_path / "crops", 3)
-    results = list(bulk.iter_results(predictor, paths, batch_size=2, workers=1))
-    no_face = results[2]._replace(boxes=np.zeros((0, 4), np.int32), probabilities=results[2].probabilities[:0],
-                                  embeddings=results[2].embeddings[:0])
-    names = predictor.class_names
-    with bulk.ResultWriter(tmp_path / "out.jsonl", names, embedding=True) as w:
-        for r in results[:2] + [no_face]:
-            w.write(r)
-    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [d["image"] for d in lines] == paths and lines[2]["faces"] == []
-    face = lines[0]["faces"][0]
-    assert face["box"] == [0, 0, 48, 48] and list(face["probabilities"]) == names and len(face["embedding"]) == 128
-    assert face["top_emotion"] == names[int(np.argmax(results[0].probabilities[0]))]
-    np.testing.assert_allclose(list(face["probabilities"].values()), results[0].probabilities[0], atol=1e-6)
-
-    with bulk.ResultWriter(tmp_path / "out.csv", names) as w:
-        for r in results[:2] + [no_face]:
-            w.write(r)
-    with open(tmp_path / "out.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["image", "face", "x", "y", "w", "h", "top_emotion", *names]
-    assert rows[1][:7] == [paths[0], "0", "0", "0", "48", "48", face["top_emotion"]]
-    np.testing.assert_allclose([float(v) for v in rows[1][7:]], results[0].probabilities[0], atol=1e-6)
-    assert rows[3] == [paths[2]] + [""] * (6 + len(names))         # an image without a face still has its row
-    with pytest.raises(FERError, match="not CSV"):
-        bulk.ResultWriter(tmp_path / "e.csv", names, embedding=True)
-    with pytest.raises(FERError, match=".jsonl or .csv"):
-        bulk.ResultWriter(tmp_path / "e.json", names)
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_resume_after_a_cut_repairs_a_half_written_line(predictor, tmp_path, suffix):
-    paths = make_crops(tmp_path / "crops", 9)
-    names = predictor.class_names
-    full, cut = tmp_path / f"full{suffix}", tmp_path / f"cut{suffix}"
-    with bulk.ResultWriter(full, names) as w:
-        for r in bulk.iter_results(predictor, paths, batch_size=4, workers=2):
-            w.write(r)
-    data = full.read_bytes()
-    lines = data.splitlines(keepends=True)
-    keep = 5 if suffix == ".jsonl" else 6             # 5 images (the CSV has a header line)
-    cut.write_bytes(b"".join(lines[:keep]) + lines[keep][:17])     # killed in the middle of a line
-
-    with pytest.raises(FERError, match="--resume to continue it, or --overwrite"):
-        bulk.ResultWriter(cut, names)
-    with bulk.ResultWriter(cut, names, resume=True) as w:
-        assert w.repaired_bytes == 17 and w.done == set(paths[:5]) and w.done_with_faces == 5
-        for r in bulk.iter_results(predictor, [p for p in paths if p not in w.done], batch_size=4, workers=2):
-            w.write(r)
-    assert cut.read_bytes() == data
-
-    with bulk.ResultWriter(cut, names, overwrite=True) as w:      # --overwrite starts again
-        pass
-    assert cut.read_bytes() == (b"" if suffix == ".jsonl" else lines[0])
-
-
-def test_resume_refuses_a_file_it_did_not_write(predictor, tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"image": "x.png", "faces": []}\nnot json\n')
-    with pytest.raises(FERError, match="line 2 is not a result line"):
-        bulk.ResultWriter(tmp_path / "a.jsonl", predictor.class_names, resume=True)
-    (tmp_path / "b.csv").write_text("image,face,x,y,w,h,top_emotion,Happy,Sad\n")
-    with pytest.raises(FERError, match="columns"):
-        bulk.ResultWriter(tmp_path / "b.csv", predictor.class_names, resume=True)
-    with pytest.raises(FERError, match="give one of them"):
-        bulk.check_output(tmp_path / "b.csv", resume=True, overwrite=True)
-    assert bulk.check_output(tmp_path / "new.csv", resume=True) is False      # nothing to resume: a fresh start
+            np.testing.assert_allclose(probability_matrix(r, predictor.class_names), expected.probabilities,
+                                       atol=1e-5)
 
 
 def test_analyse_folder_skips_what_is_done(predictor, tmp_path):
     paths = make_crops(tmp_path / "a" / "b", 4)
-    got = [r.image for r in bulk.analyse_folder(tmp_path / "a", predictor, recursive=True, skip={paths[1]})]
+    got = [r.source for r in bulk.analyse_folder(tmp_path / "a", predictor, recursive=True, skip={paths[1]})]
     assert got == [paths[0], paths[2], paths[3]]
 
 
 def test_tally_summary():
     t = bulk.Tally(keep=2)
-    ok = bulk.ImageResult(0, "a.png", np.zeros((2, 4), np.int32), np.zeros((2, 7)), np.zeros((2, 8)))
-    none = ok._replace(image="b.png", boxes=np.zeros((0, 4), np.int32))
-    for r in [ok, none] + [ok._replace(image=f"bad{i}.png", error="cannot decode") for i in range(3)]:
+    probs = {"Happy": 1.0, "Sad": 0.0}
+    ok = Result("a.png", [Face((0, 0, 5, 5), probs), Face((5, 0, 5, 5), probs)], size=(10, 5))
+    none = Result("b.png", [], size=(10, 5), error="no face found")
+    for r in [ok, none] + [Result(f"bad{i}.png", error="cannot decode") for i in range(3)]:
         t.add(r)
     assert t.summary() == "5 images: 2 read, 3 skipped (unreadable), 1 without a face; 2 faces"
     assert t.skipped_report() == "warning: skipped 3 unreadable image(s): bad0.png, bad1.png (and 1 more)"

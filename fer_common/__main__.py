@@ -1,0 +1,45 @@
+"""`fer` (and `python -m fer_common`): every script of the toolkit as a subcommand.
+
+    fer analyse photo.jpg            # python inference.py photo.jpg
+    fer video --video clip.mp4       # python real_time_video.py --video clip.mp4
+    fer NAME --help                  # the flags of one command
+"""
+
+import importlib
+import sys
+
+from . import __version__
+from .commands import ALIASES, COMMANDS
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: fer COMMAND [options]     (fer COMMAND --help for its options; fer-toolkit {__version__})",
+             "", "commands:"]
+    for name, (_, script, what) in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {what}" + (f" ({script})" if script else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(f"fer-toolkit {__version__}")
+        sys.exit(0)
+    name = ALIASES.get(argv[0], argv[0])
+    if name not in COMMANDS:
+        print(f"fer: error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        sys.exit(2)
+    from .cli import run_main
+
+    module = importlib.import_module(f"fer_common.{COMMANDS[name][0]}")
+    parser = module.get_args_parser()
+    parser.prog = f"fer {name}"
+    run_main(module.main, parser, argv[1:])
+
+
+if __name__ == "__main__":
+    main()
