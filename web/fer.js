@@ -155,20 +155,22 @@ function crop(img, x, y, w, h) {
   return { data: out, width: w, height: h, channels: c };
 }
 
-// cv2.INTER_AREA's weights when shrinking (computeResizeAreaTab): [source index, weight] per destination index.
+// cv2.INTER_AREA's weights when shrinking (computeResizeAreaTab), flat: destination i takes the source indices
+// index[start[i]] ... index[start[i + 1] - 1] with their weights.
 function areaTable(ssize, dsize) {
-  const scale = 1 / (dsize / ssize), table = [];
+  const scale = 1 / (dsize / ssize), index = [], weight = [], start = [0];
   for (let dx = 0; dx < dsize; dx++) {
-    const fsx1 = dx * scale, fsx2 = fsx1 + scale, cell = Math.min(scale, ssize - fsx1), taps = [];
+    const fsx1 = dx * scale, fsx2 = fsx1 + scale, cell = Math.min(scale, ssize - fsx1);
+    const tap = (sx, w) => { index.push(sx); weight.push(Math.fround(w)); };
     let sx1 = Math.ceil(fsx1), sx2 = Math.floor(fsx2);
     sx2 = Math.min(sx2, ssize - 1);
     sx1 = Math.min(sx1, sx2);
-    if (sx1 - fsx1 > 1e-3) taps.push([sx1 - 1, Math.fround((sx1 - fsx1) / cell)]);
-    for (let sx = sx1; sx < sx2; sx++) taps.push([sx, Math.fround(1 / cell)]);
-    if (fsx2 - sx2 > 1e-3) taps.push([sx2, Math.fround(Math.min(Math.min(fsx2 - sx2, 1), cell) / cell)]);
-    table.push(taps);
+    if (sx1 - fsx1 > 1e-3) tap(sx1 - 1, (sx1 - fsx1) / cell);
+    for (let sx = sx1; sx < sx2; sx++) tap(sx, 1 / cell);
+    if (fsx2 - sx2 > 1e-3) tap(sx2, Math.min(Math.min(fsx2 - sx2, 1), cell) / cell);
+    start.push(index.length);
   }
-  return table;
+  return { start: Int32Array.from(start), index: Int32Array.from(index), weight: Float64Array.from(weight) };
 }
 
 // cv2.INTER_LINEAR's source index and 11-bit weights (with INTER_AREA's variant when one axis enlarges).
@@ -192,14 +194,20 @@ function resize(img, w, h, interpolation) {
   if (sw === w && sh === h) return img;
   const out = new Uint8Array(w * h * c);
   if (interpolation === "area" && sw >= w && sh >= h) {
-    const tx = areaTable(sw, w), ty = areaTable(sh, h), row = new Float64Array(w * c);
+    const tx = areaTable(sw, w), ty = areaTable(sh, h), rows = new Float64Array(sh * w * c);
+    for (let sy = 0; sy < sh; sy++) {       // each source row summed across once
+      const base = sy * sw * c, row = sy * w * c;
+      for (let dx = 0; dx < w; dx++) for (let t = tx.start[dx]; t < tx.start[dx + 1]; t++) {
+        const s0 = base + tx.index[t] * c, wx = tx.weight[t];
+        for (let k = 0; k < c; k++) rows[row + dx * c + k] += src[s0 + k] * wx;
+      }
+    }
+    const acc = new Float64Array(w * c);
     for (let dy = 0; dy < h; dy++) {
-      const acc = new Float64Array(w * c);
-      for (const [sy, wy] of ty[dy]) {
-        row.fill(0);
-        const base = sy * sw * c;
-        for (let dx = 0; dx < w; dx++) for (const [sx, wx] of tx[dx]) for (let k = 0; k < c; k++) row[dx * c + k] += src[base + sx * c + k] * wx;
-        for (let i = 0; i < row.length; i++) acc[i] += row[i] * wy;
+      acc.fill(0);
+      for (let t = ty.start[dy]; t < ty.start[dy + 1]; t++) {
+        const row = ty.index[t] * w * c, wy = ty.weight[t];
+        for (let i = 0; i < acc.length; i++) acc[i] += rows[row + i] * wy;
       }
       for (let i = 0; i < acc.length; i++) out[dy * w * c + i] = clampByte(roundEven(acc[i]));
     }
