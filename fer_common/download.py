@@ -178,8 +178,13 @@ def check_url(url: str) -> None:
 
 
 def url_file_name(url: str) -> str:
+    """A safe local name for what `url` downloads; at most 100 characters (`.part.json` must still fit NAME_MAX)."""
     name = Path(unquote(urlparse(url).path)).name
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "download"
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "download"
+    if len(name) > 100:
+        stem, dot, suffix = name[-100:].partition(".")
+        name = name[:60] + (f".{suffix}" if dot and len(suffix) <= 30 else "")
+    return name
 
 
 def fetch(url: str, cache_dir, sha256: str | None = None, auth=None, name: str | None = None) -> Path:

@@ -166,6 +166,14 @@ def test_250_character_names_are_written(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_downloaded_file_with_a_long_name_gets_a_short_local_name():
+    from fer_common.download import url_file_name
+
+    name = url_file_name("https://example.org/" + "a" * 300 + ".tar.gz")
+    assert len(name) <= 100 and name.endswith(".tar.gz")
+    assert url_file_name("https://example.org/fer2013.csv.gz") == "fer2013.csv.gz"
+
+
 # ---------------------------------------------------------------- full and read-only disks
 
 def _full_disk(monkeypatch, target, method):
