@@ -224,6 +224,25 @@ def test_image_matches_python(page, fer):
 
 
 @needs_browser
+def test_hard_detection_cases_match_python(page, fer, tmp_path):
+    """Two detection passes (small faces in a large image), a large photo, and a frame with no face at all."""
+    from benchmarks.detection_cases import detection_cases
+
+    wanted = ("grid of 12 faces of 24 px, 1280x720", "big photo 2048x2048", "no face: space suit")
+    cases = [c for c in detection_cases(cv2.imread(str(IMAGE))) if c[0] in wanted]
+    assert len(cases) == len(wanted)
+    for k, (name, image, centres) in enumerate(cases):
+        path = tmp_path / f"case_{k}.png"
+        cv2.imwrite(str(path), image)
+        page.find_element("id", "file").send_keys(str(path))
+        results = wait_for(page, f"window.ferResults && window.ferResults.source === '{path.name}' && window.ferResults")
+        python = fer.analyse(path)
+        assert len(results["faces"]) == len(python) == len(centres), name
+        if centres:
+            compare(results["faces"], python, fer.class_names)
+
+
+@needs_browser
 def test_camera_matches_python(page, fer):
     page.find_element("id", "camera").click()
     wait_for(page, "window.ferResults && window.ferResults.source === 'camera' && window.ferResults.frame >= 10")
