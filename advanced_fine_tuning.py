@@ -10,7 +10,8 @@ weights (downloaded once; offline, give --pretrained_weights PATH or --no_pretra
 
 from fer_common.cli import make_parser, run_main
 from fer_common.models import add_model_args, model_config_from_args
-from fer_common.training import add_training_args, train
+from fer_common.training import train
+from fer_common.training_args import add_training_args
 
 
 def get_args_parser():

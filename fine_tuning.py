@@ -9,7 +9,8 @@ fer_model.last.pth (for --resume), the history in fer_model_metrics.json, and ex
 
 from fer_common.cli import make_parser, run_main
 from fer_common.models import add_model_args, model_config_from_args
-from fer_common.training import add_training_args, train
+from fer_common.training import train
+from fer_common.training_args import add_training_args
 
 
 def get_args_parser():

@@ -133,3 +133,54 @@ def _classifier_outputs(state_dict) -> int | None:
         return None
     tensor = state_dict[sorted(weights)[-1]]
     return int(tensor.shape[0]) if tensor.ndim == 2 else None
+
+
+# ----------------------------------------------------------------------------- checkpoint surgery
+
+def init_from_checkpoint(model, path, model_type: str, model_config: dict, class_names, log=print) -> dict:
+    """Start `model` from a trained checkpoint: every feature and embedding weight, which must all fit (same model
+    type and size); the classifier head only when the classes are the same, else only the rows of the classes both
+    know (by name). Returns the checkpoint's preprocessing, which its weights expect."""
+    ckpt = load_checkpoint(path, expected_type=model_type)
+    source, own = ckpt["state_dict"], model.state_dict()
+    head = [k for k in own if k.startswith("classifier.")]
+    misfit = [k for k in own if k not in head and (k not in source or source[k].shape != own[k].shape)]
+    if misfit:
+        k = misfit[0]
+        why = "missing" if k not in source else f"{tuple(source[k].shape)} there, {tuple(own[k].shape)} here"
+        theirs = ckpt.get("model_config", {})
+        differ = [f"{key} {theirs[key]} (this run: {model_config[key]})" for key in sorted(theirs)
+                  if key in model_config and _plain(theirs[key]) != _plain(model_config[key])]
+        raise FERError(f"--init_from {path}: its weights do not fit this model ({len(misfit)} of {len(own)}, e.g. "
+                       f"{k}: {why}); it was trained with "
+                       f"{', '.join(differ) if differ else f'model_config {theirs}'}: use the same settings")
+    state = {k: source[k] for k in own if k not in head}
+    old_names, new_names = list(ckpt["class_names"]), list(class_names)
+    fits = all(k in source and source[k].shape[1:] == own[k].shape[1:] for k in head)
+    shared = [n for n in new_names if n in old_names] if fits else []
+    if old_names == new_names and fits:
+        state.update({k: source[k] for k in head})
+        kept_head = "classifier head kept (same classes)"
+    else:
+        last = sorted(k for k in head if k.endswith(".weight"))[-1].removesuffix("weight")
+        for k in head:
+            if k.startswith(last) and shared:   # rows of the output layer are classes: copy those both files know
+                rows = own[k].clone()
+                for n in shared:
+                    rows[new_names.index(n)] = source[k][old_names.index(n)]
+                state[k] = rows
+            else:
+                state[k] = own[k]
+        if len(shared) == len(new_names) == len(old_names):
+            kept_head = "classifier head kept, its rows put in the data's class order"
+        else:
+            kept_head = (f"classifier head re-initialised for {len(new_names)} classes (was {len(old_names)})"
+                         + (f", keeping the rows of {', '.join(shared)}" if shared else ""))
+    model.load_state_dict(state)
+    log(f"init_from {path}: kept {len(own) - len(head)} feature and embedding tensors; {kept_head}")
+    return dict(ckpt["preprocessing"])
+
+
+def _plain(value):
+    """Config values compared as JSON would store them (a tuple and a list of the same widths are equal)."""
+    return list(value) if isinstance(value, (list, tuple)) else value

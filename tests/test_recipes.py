@@ -11,7 +11,7 @@ from fer_common.labels import EMOTIONS
 from fer_common.models import FERNet, default_preprocessing
 from fer_common.onnx_export import read_onnx_metadata
 from fer_common.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
-from fer_common.training import ModelEma, Teachers, distillation_loss, mix_batch
+from fer_common.recipes import ModelEma, Teachers, distillation_loss, mix_batch
 from helpers_models import PERMUTED, save_default, train_briefly
 from synthetic import run_script
 

@@ -7,9 +7,10 @@ import torch
 
 from fer_common.checkpoint import load_checkpoint
 from fer_common.data import MemoryLoader, load_into_memory, list_samples
+from fer_common.early_stopping import EarlyStopping
 from fer_common.labels import EMOTIONS
 from fer_common.models import FERNet, default_preprocessing
-from fer_common.training import EarlyStopping, class_weights
+from fer_common.training import class_weights
 from helpers_models import train_briefly
 from synthetic import REPO, make_folder_dataset, run_script
 
