@@ -118,7 +118,7 @@ def table_rows(result: Result, class_names) -> list[list]:
     width, height = result.size if result.size else (None, None)
     head = [result.source, result.frame, _number(result.time), width, height]
     if not result.faces:
-        return [head + [None, 0] + [None] * (9 + len(class_names)) + [result.error]]
+        return [head + [None, 0] + [None] * (8 + len(class_names)) + [result.error]]
     rows = []
     for i, f in enumerate(result.faces, 1):
         probs = [round(float(f.probabilities[c]), DECIMALS) for c in class_names]

@@ -52,11 +52,12 @@ def test_analyse_video_yields_tracked_faces_per_frame():
 
     fer = FER(tta=False)
     frames = list(fer.analyse_video(TEST_VIDEO, max_frames=60, detect_every=1))
-    assert [i for i, _ in frames] == list(range(60))
-    counts = [len(faces) for _, faces in frames]
-    assert counts[:50] == [1] * 50 and all(c >= 1 for c in counts[50:])      # the clip: one face, then two
-    assert len({faces[0].track_id for _, faces in frames[:50]}) == 1          # one id for the same face
-    assert all(abs(sum(f.probabilities.values()) - 1) < 1e-4 for _, faces in frames for f in faces)
+    assert [r.frame for r in frames] == list(range(60)) and frames[20].time == pytest.approx(1.0)
+    assert frames[0].source == str(TEST_VIDEO) and frames[0].size == (480, 360) and frames[0].error is None
+    counts = [len(r.faces) for r in frames]
+    assert counts[:50] == [1] * 50 and all(c >= 1 for c in counts[55:])      # the clip: one face, then two
+    assert len({r.faces[0].track_id for r in frames[:50]}) == 1               # one id for the same face
+    assert all(abs(sum(f.probabilities.values()) - 1) < 1e-4 for r in frames for f in r.faces)
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

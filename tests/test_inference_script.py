@@ -47,7 +47,7 @@ def test_readme_command_with_onnx_found_in_the_current_folder(models, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "fer_model.onnx" in r.stderr                     # which file was loaded; stdout stays pure JSON
     result = json.loads(r.stdout)
-    assert result[0]["image"] == "Test_files/IMG_test_1.jpg" and len(result[0]["faces"]) == 1
+    assert result[0]["source"] == "Test_files/IMG_test_1.jpg" and len(result[0]["faces"]) == 1
     face = result[0]["faces"][0]
     assert len(face["box"]) == 4 and list(face["probabilities"]) == EMOTIONS
     assert abs(sum(face["probabilities"].values()) - 1) < 1e-4 and "embedding" not in face
@@ -65,7 +65,7 @@ def test_folder_no_detect_json_embedding(models, tmp_path, capsys):
                            "--save_annotated", out], capsys)
     assert code == 0
     result = json.loads(stdout)
-    assert [r["image"] for r in result] == [str(folder / "a_photo.jpg"), str(folder / "b_face.png")]
+    assert [r["source"] for r in result] == [str(folder / "a_photo.jpg"), str(folder / "b_face.png")]
     assert result[1]["faces"][0]["box"] == [0, 0, 48, 48] and len(result[1]["faces"][0]["embedding"]) == 128
     assert sorted(p.name for p in out.iterdir()) == ["a_photo.jpg", "b_face.png"]
 
@@ -156,7 +156,10 @@ def test_bulk_jsonl_recursive_then_resume_after_a_cut(models, tmp_path, capsys):
     assert code == 0, err
     full = out.read_bytes()
     lines = [json.loads(line) for line in full.decode().splitlines()]
-    assert [d["image"] for d in lines] == images                 # input order, sub-folders after the files
+    listed = sorted(images[:2]) + [bad] + images[2:]             # input order, sub-folders after the files
+    assert [d["source"] for d in lines] == listed                 # the unreadable image is a row too
+    assert lines[2]["error"] == "cannot decode" and lines[2]["faces"] == [] and lines[2]["size"] is None
+    assert json.loads((tmp_path / "out.jsonl.meta.json").read_text())["model"] == "fer_model.onnx"
     assert f"skipped 1 unreadable image(s): {bad}" in err
     assert "7 images: 6 read, 1 skipped (unreadable), 0 without a face; 6 faces" in stdout
     code, js, _ = run(argv[:5] + ["--json"], capsys)               # the same objects as --json prints
@@ -169,10 +172,10 @@ def test_bulk_jsonl_recursive_then_resume_after_a_cut(models, tmp_path, capsys):
                                                       "continue it, or --overwrite to replace it"]
     code, stdout, err = run(argv + ["--resume"], capsys)
     assert code == 0, err
-    assert "cut off a half-written last line (40 bytes)" in stdout and "resuming: 3 of 7 images" in stdout
+    assert "half-written (40 bytes)" in stdout and "resuming: 3 of 7 images" in stdout
     assert out.read_bytes() == full
-    code, stdout, err = run(argv + ["--resume"], capsys)          # all done: only the unreadable one is tried again
-    assert code == 0 and out.read_bytes() == full and "resuming: 6 of 7 images" in stdout and bad in err
+    code, stdout, err = run(argv + ["--resume"], capsys)          # all done: every image has its row, once
+    assert code == 0 and out.read_bytes() == full and "resuming: 7 of 7 images" in stdout
 
 
 def test_bulk_csv_skips_unreadable_unless_strict(models, tmp_path, capsys):
@@ -184,7 +187,9 @@ def test_bulk_csv_skips_unreadable_unless_strict(models, tmp_path, capsys):
     assert code == 0 and bad in err
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["image"] for r in rows] == images[2:5] and {r["face"] for r in rows} == {"0"}
+    assert [r["source"] for r in rows] == [bad] + images[2:5] and rows[0]["error"] == "cannot decode"
+    rows = rows[1:]
+    assert {r["face"] for r in rows} == {"1"} and {r["faces"] for r in rows} == {"1"}
     assert all(r["top_emotion"] == max(EMOTIONS, key=lambda e: float(r[e])) for r in rows)
     assert all((r["x"], r["y"], r["w"], r["h"]) == ("0", "0", "48", "48") for r in rows)
     code, _, err = run(argv + ["--overwrite", "--strict"], capsys)

@@ -52,7 +52,7 @@ def test_every_image_is_a_row_and_the_table_has_the_csv_columns(tmp_path):
     write(tmp_path / "out.csv", rs)
     with open(tmp_path / "out.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == table_columns(NAMES)
+    assert rows[0] == table_columns(NAMES) and {len(row) for row in rows} == {len(rows[0])}
     table = to_table(rs)
     assert list(table[0]) == rows[0] and len(table) == len(rows) - 1
     sources = [row[0] for row in rows[1:]]
