@@ -1,30 +1,12 @@
-"""Fine-tune the advanced FER model (a timm Swin-Base backbone, 3x224x224, 128-d embedding).
+"""Fine-tune the advanced FER model (a timm Swin-Base backbone, 3x224x224, 128-d embedding): `fer train-advanced` as a script.
 
     python advanced_fine_tuning.py --dataset_path dataset --epochs 30 --batch_size 32 --learning_rate 0.0001 --step_size 10 --gamma 0.5 --patience 3
 
-Reads dataset/train_new and dataset/val_new, applies ImageNet-style preprocessing with face
-augmentation, prints one report line per epoch, stops early (with confirmation epochs), saves the best
-checkpoint to fer_model_advanced.pth and exports fer_model_advanced.onnx. Starts from timm's ImageNet
-weights (downloaded once; offline, give --pretrained_weights PATH or --no_pretrained).
+The command line lives in fer_common.commands.train_advanced (python advanced_fine_tuning.py --help lists every flag).
 """
 
-from fer_common.cli import make_parser, run_main
-from fer_common.models import add_model_args, model_config_from_args
-from fer_common.training import train
-from fer_common.training_args import add_training_args
-
-
-def get_args_parser():
-    parser = make_parser(__doc__)
-    add_training_args(parser, epochs=30, batch_size=32, learning_rate=1e-4, step_size=10, gamma=0.5, patience=3,
-                      output_model="fer_model_advanced.pth", output_onnx="fer_model_advanced.onnx")
-    add_model_args(parser, "advanced")
-    return parser
-
-
-def main(args):
-    train(args, "advanced", model_config_from_args(args, "advanced"))
-
+from fer_common.cli import run_main
+from fer_common.commands.train_advanced import get_args_parser, main
 
 if __name__ == "__main__":
     run_main(main, get_args_parser())

@@ -1,30 +1,12 @@
-"""Train the default FER model (a CNN on 48x48 grayscale faces) on a folder data set.
+"""Train the default FER model (a CNN on 48x48 grayscale faces) on a folder data set: `fer train` as a script.
 
     python fine_tuning.py --dataset_path dataset --epochs 35 --batch_size 64 --learning_rate 0.002
 
-Reads dataset/train_new and dataset/val_new (made by validation_split.py), prints one report line per
-epoch, keeps the best checkpoint (lowest validation loss) in fer_model.pth, the latest training state in
-fer_model.last.pth (for --resume), the history in fer_model_metrics.json, and exports fer_model.onnx.
+The command line lives in fer_common.commands.train (python fine_tuning.py --help lists every flag).
 """
 
-from fer_common.cli import make_parser, run_main
-from fer_common.models import add_model_args, model_config_from_args
-from fer_common.training import train
-from fer_common.training_args import add_training_args
-
-
-def get_args_parser():
-    parser = make_parser(__doc__)
-    # Defaults are the recipe of the shipped model (models/README.md); StepLR stays one flag away.
-    add_training_args(parser, epochs=35, batch_size=64, learning_rate=2e-3, step_size=10, gamma=0.5, patience=8,
-                      weight_decay=0.05, scheduler="cosine", output_model="fer_model.pth", output_onnx="fer_model.onnx")
-    add_model_args(parser, "default")
-    return parser
-
-
-def main(args):
-    train(args, "default", model_config_from_args(args, "default"))
-
+from fer_common.cli import run_main
+from fer_common.commands.train import get_args_parser, main
 
 if __name__ == "__main__":
     run_main(main, get_args_parser())
