@@ -73,17 +73,28 @@ def main(args):
     probabilities, labels = np.stack(probabilities), np.array(labels)
     cm = confusion_matrix(labels, probabilities.argmax(1), len(names))
     report = classification_report(cm, names)
-    report["calibration"] = calibration_report(predictor, probabilities, labels, paths, args, targets[2])
+    report["calibration"], curves = calibration_report(predictor, probabilities, labels, paths, args)
     print(format_report(report))
-    title = f"{printable(Path(predictor.path).name)} on {printable(args.data)}: accuracy {report['accuracy'] * 100:.2f}%"
-    draw_confusion_matrix(cm, names, targets[0], title=title)
-    write_json(targets[1], {"model": str(predictor.path), "data": str(args.data), "tta": args.tta,
-                            **report, "class_names": names, "confusion_matrix": cm.tolist()})
+    run = f"{printable(Path(predictor.path).name)} on {printable(args.data)}"
+    # All three files or none: a failed write (a full disk) removes what this run had written.
+    written = []
+    try:
+        draw_confusion_matrix(cm, names, targets[0], title=f"{run}: accuracy {report['accuracy'] * 100:.2f}%")
+        written.append(targets[0])
+        draw_reliability_diagram(curves, labels, targets[2], title=run)
+        written.append(targets[2])
+        write_json(targets[1], {"model": str(predictor.path), "data": str(args.data), "tta": args.tta,
+                                **report, "class_names": names, "confusion_matrix": cm.tolist()})
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     print(f"confusion matrix -> {targets[0]}; reliability diagram -> {targets[2]}; metrics -> {targets[1]}")
 
 
-def calibration_report(predictor, probabilities, labels, paths, args, picture) -> dict:
-    """ECE of the probabilities users see and, for a calibrated model, of the raw ones (a second, uncalibrated pass)."""
+def calibration_report(predictor, probabilities, labels, paths, args) -> tuple[dict, dict]:
+    """ECE of the probabilities users see and, for a calibrated model, of the raw ones (a second, uncalibrated
+    pass); and the curves of the reliability diagram."""
     ece = expected_calibration_error(probabilities, labels)
     temperature = predictor.temperature
     curves = {f"as used (T={temperature:.2f})": probabilities}
@@ -97,8 +108,7 @@ def calibration_report(predictor, probabilities, labels, paths, args, picture) -
         curves = {"uncalibrated (T=1)": np.stack(raw), **curves}
     print(f"expected calibration error {ece * 100:.2f}%" + (f" (uncalibrated: {result['ece_uncalibrated'] * 100:.2f}%)"
                                                            if "ece_uncalibrated" in result else ""))
-    draw_reliability_diagram(curves, labels, picture, title=f"{printable(Path(predictor.path).name)} on {printable(args.data)}")
-    return result
+    return result, curves
 
 
 if __name__ == "__main__":

@@ -370,8 +370,7 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
             write_json(tmp / COMPLETE_MARKER, marker)
             replace_dir(tmp, output)
         except OSError as e:   # the disk side: full, read-only, a path too long
-            raise FERError(f"cannot write the data set into {output}: {e.strerror or e}"
-                           + (f" ({e.filename})" if e.filename else "")) from None
+            raise FERError(f"cannot write the data set into {output}: {os_error_text(e)}") from None
     except FERError as e:
         if downloaded and path.is_file() and "cannot write" not in str(e):
             # a download that cannot be imported would be reused forever

@@ -105,7 +105,9 @@ def _temp_suffix(suffix: str | None) -> str:
 def os_error_text(e: OSError) -> str:
     """What went wrong, in words (`No space left on device`), with the file the OS names when it names one."""
     why = e.strerror or str(e) or type(e).__name__
-    return why + (f" ({os.fsdecode(e.filename)})" if e.filename else "")
+    # A copy or rename names both files; the second (the destination) is where the write failed.
+    name = e.filename2 or e.filename
+    return why + (f" ({printable(os.fsdecode(name))})" if name else "")
 
 
 @contextlib.contextmanager

@@ -235,6 +235,19 @@ def test_a_full_disk_during_a_split_is_one_error_and_leaves_no_half_split(data, 
     assert tree(data) == before
 
 
+def test_evaluate_on_a_full_disk_writes_all_its_files_or_none(data, tmp_path, monkeypatch, capsys):
+    import evaluate
+
+    _full_disk(monkeypatch, Path, "write_text")         # metrics.json, written last, fails
+    out = tmp_path / "ev"
+    with pytest.raises(SystemExit) as e:
+        run_main(evaluate.main, evaluate.get_args_parser(), ["--data", str(data / "test"), "--checkpoint",
+                                                             str(MODELS / "fer_model.onnx"), "--output_dir", str(out)])
+    assert e.value.code == 1
+    assert "metrics.json: No space left on device" in one_error_line(capsys.readouterr().err)
+    assert list(out.iterdir()) == []
+
+
 def test_run_main_turns_any_os_error_into_one_line(capsys):
     def main(args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out.csv")
