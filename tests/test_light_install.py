@@ -1,0 +1,78 @@
+"""The light install: inference with the shipped ONNX files needs no PyTorch, and the `fer` command works."""
+
+import json
+import os
+import subprocess
+import sys
+import venv
+
+import pytest
+
+from helpers_models import TEST_VIDEO
+from synthetic import REPO
+
+TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
+HEAVY = ("torch", "torchvision", "timm", "onnx", "matplotlib")
+
+
+def run_fer(args, tmp_path, block_heavy: bool):
+    """`python -m fer_common ARGS` in a subprocess; with block_heavy, importing torch & co. fails there."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if block_heavy:
+        site = tmp_path / "blocked"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text("import sys\nfor m in %r:\n    sys.modules[m] = None\n" % (HEAVY,))
+        env["PYTHONPATH"] = f"{site}{os.pathsep}{REPO}"
+    return subprocess.run([sys.executable, "-m", "fer_common", *map(str, args)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_image_and_video_give_the_same_results_without_torch(tmp_path):
+    outputs = {}
+    for blocked in (True, False):
+        image = run_fer(["analyse", TEST_IMAGE, "--json"], tmp_path, blocked)
+        assert image.returncode == 0, image.stderr
+        log = tmp_path / f"log_{blocked}.csv"
+        video = run_fer(["video", "--video", TEST_VIDEO, "--no_display", "--max_frames", 30, "--no_threaded",
+                         "--log_csv", log],
+                        tmp_path, blocked)
+        assert video.returncode == 0, video.stderr
+        outputs[blocked] = (json.loads(image.stdout), log.read_text())
+    assert outputs[True] == outputs[False]
+    assert outputs[True][0][0]["faces"][0]["top_emotion"] == "Happy"
+
+
+def test_a_pth_model_without_torch_names_the_extra(tmp_path):
+    r = run_fer(["analyse", TEST_IMAGE, "--checkpoint", REPO / "models" / "fer_model.pth"], tmp_path, True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "fer-toolkit[train]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fer_lists_its_commands_and_refuses_unknown_ones(tmp_path):
+    r = run_fer([], tmp_path, True)
+    assert r.returncode == 2 and "analyse" in r.stdout and "train" in r.stdout
+    r = run_fer(["nonsense"], tmp_path, True)
+    assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_wheel_installs_light_and_runs_fer(tmp_path):
+    """A wheel of the tree in a fresh venv with the base requirements only: `fer analyse` works, torch is absent."""
+    wheels = tmp_path / "wheel"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(wheels), str(REPO)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    wheel = next(wheels.glob("*.whl"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    r = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        str(wheel)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0 and "Could not find a version" in r.stderr:
+        pytest.skip(f"the package index is not reachable: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(bin_dir / "fer"), "analyse", str(TEST_IMAGE)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Happy" in r.stdout and "fer_model.int8.onnx" in r.stdout
+    r = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True, text=True)
+    assert r.returncode != 0                     # the base install has no PyTorch
