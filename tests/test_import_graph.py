@@ -1,0 +1,133 @@
+"""Imports point down (issue 23): every fer_common module imports alone, and no two import each other.
+
+The graph is read from the source with ast, counting imports inside functions too: an import moved into a
+function to dodge a loop is still a loop.
+"""
+
+import ast
+import json
+import subprocess
+import sys
+
+from synthetic import REPO
+
+PACKAGE = REPO / "fer_common"
+
+
+def module_names() -> list[str]:
+    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def imported_modules(name: str, known: set[str]) -> set[str]:
+    """The fer_common modules that fer_common/<name>.py imports, anywhere in the file."""
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == "fer_common"):
+                parts = (node.module or "").split(".")[(0 if node.level else 1):]
+                if parts and parts[0]:
+                    found.add(parts[0])                                     # from .x import a / from fer_common.x import a
+                else:
+                    found.update(alias.name for alias in node.names)        # from . import x
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "fer_common" and len(parts) > 1:
+                    found.add(parts[1])                                     # import fer_common.x
+    return {m for m in found if m in known and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    names = set(module_names())
+    return {name: imported_modules(name, names) for name in sorted(names)}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan), as a readable path."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(set(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_cycle_in(graph, component) for component in components]
+
+
+def _cycle_in(graph, component: set[str]) -> list[str]:
+    """A path a -> b -> ... -> a inside one strongly connected component."""
+    start = min(component)
+    path, seen = [start], {start}
+    while True:
+        nxt = min(w for w in graph[path[-1]] if w in component)
+        if nxt in seen:
+            return path[path.index(nxt):] + [nxt]
+        path.append(nxt)
+        seen.add(nxt)
+
+
+def test_the_graph_reader_sees_imports_inside_functions_and_finds_cycles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+    # calibration imports the predictor and the bulk reader; checkpoint imports models (at module level).
+    graph = import_graph()
+    assert {"predictor", "bulk"} <= graph["calibration"] and "models" in graph["checkpoint"]
+
+
+def test_fer_common_import_graph_has_no_cycle():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import loops: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+IMPORT_EACH = """
+import importlib, json, sys, traceback
+failures = {}
+for name in sys.argv[1:]:
+    for loaded in [m for m in sys.modules if m == "fer_common" or m.startswith("fer_common.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module("fer_common." + name)
+    except BaseException:
+        failures[name] = traceback.format_exc().strip().splitlines()[-1]
+print(json.dumps(failures))
+"""
+
+
+def test_each_module_imports_alone():
+    # One fresh interpreter; before each module every fer_common module is forgotten, so each is imported
+    # first, on its own, as a user's `import fer_common.x` would (torch and the like stay loaded: only speed).
+    r = subprocess.run([sys.executable, "-c", IMPORT_EACH, *module_names()], capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    failures = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not failures, failures
+
+
+def test_metrics_import_without_torch_or_matplotlib():
+    # softmax lives in metrics so that the inference path (predictor) needs no torch for it.
+    code = ("import sys, fer_common.metrics as m; m.softmax([[0.0, 1.0]]); "
+            "print(sorted(x for x in ('torch', 'matplotlib') if x in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]"
