@@ -12,12 +12,16 @@ Modules, each named for what it holds:
     preprocess  per-model preprocessing config and the transforms built from it
     data        image-folder data sets, class checks, the in-memory uint8 data set
     models      the default CNN and the advanced timm-backbone model
-    checkpoint  the self-describing checkpoint dict: save, load, rebuild the model
+    checkpoint  the self-describing checkpoint dict: save, load, rebuild the model, start from one (--init_from)
     onnx_export ONNX export with a parity check, and reading an exported file's metadata
     runtime     ONNX Runtime providers and sessions
-    training    early stopping, weight EMA, mixup, distillation and the training loop of both scripts
+    training    the training loop of both scripts: one epoch, evaluation, the whole run (`train`)
+    training_args  the training scripts' flag groups and the files they name (X.last.pth, X_metrics.json)
+    early_stopping early stopping with confirmation epochs (its state resumes)
+    recipes     weight EMA, mixup, distillation from trained teachers
+    distributed the torchrun process group: rank, device, sums across processes
     calibration temperature scaling, expected calibration error, the reliability diagram
-    metrics     accuracy, per-class scores, the confusion-matrix picture
+    metrics     softmax, accuracy, per-class scores, the confusion-matrix picture
     predictor   one predictor for .pth and .onnx files (and ensembles): crops in, probabilities out
     detection   face detection (YuNet, shipped; or OpenCV's Haar cascade) and face crops in FER-2013 framing
     bulk        folders of images in threaded batches, streamed .jsonl / .csv output, resume
