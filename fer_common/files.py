@@ -202,9 +202,13 @@ def check_writable(path, what: str = "output", overwrite: bool = False) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FERError(f"cannot write {what} {path}: cannot create folder {path.parent} ({e.strerror})") from None
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:        # a name longer than the file system takes, a link loop, ...
+        raise FERError(f"cannot write {what} {path}: {e.strerror or os_error_text(e)}") from None
+    if is_dir:
         raise FERError(f"cannot write {what} {path}: it is a folder")
-    if path.exists() and not overwrite:
+    if exists and not overwrite:
         raise FERError(f"{what} {path} already exists: pass --overwrite to replace it")
     if not os.access(path.parent, os.W_OK):
         raise FERError(f"cannot write {what} {path}: folder {path.parent} is not writable")

@@ -17,7 +17,7 @@ from fer_common.cli import make_parser, run_main
 from fer_common.data import list_samples
 from fer_common.download import import_dataset
 from fer_common.errors import FERError
-from fer_common.files import (atomic_path, check_outside, check_regular_file, make_temp_dir, replace_dir, save_torch,
+from fer_common.files import (atomic_path, check_outside, check_regular_file, check_writable, make_temp_dir, replace_dir, save_torch,
                               strict_json, write_image, write_json)
 from fer_common.metrics import draw_confusion_matrix
 from fer_common.splitting import split_dataset
@@ -164,6 +164,8 @@ def test_250_character_names_are_written(tmp_path):
         replace_dir(tmp, final)
     assert sorted(p.name for p in tmp_path.iterdir())[0] == final.name and (final / "x").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(FERError, match="cannot write --output .*: File name too long$"):
+        check_writable(tmp_path / ("x" * 300 + ".json"), "--output")
 
 
 def test_a_downloaded_file_with_a_long_name_gets_a_short_local_name():
