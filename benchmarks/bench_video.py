@@ -1,11 +1,19 @@
-"""Video pipeline FPS, stage by stage, against the floor of decoding and encoding the same clip.
+"""Video pipeline FPS, stage by stage, against the floor of decoding and encoding the same clip; the
+encoders --save_output can use; peak memory of real_time_video.py on long videos.
 
 The pipeline is the real VideoPipeline with the real FaceDetector and Predictor, drawn by the real Overlay;
 detect and classify come from the timings each FrameResult carries, draw is timed around the overlay, so the
-order and the work are the pipeline's own. 'other' is the rest of process(): tracking, cropping, smoothing.
+order and the work are the pipeline's own. 'other' is the rest of process(): tracking, cropping, smoothing,
+the scene-cut check. The stage table writes mp4v (the floor and the pipeline alike); the end-to-end run
+writes what the script writes (H.264 with PyAV).
+
+    python -m benchmarks.bench_video --memory 1000 30000      # peak RSS alone (30,000 frames: a few minutes)
 """
 
+import argparse
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +25,8 @@ import torch
 from fer_common.detection import FaceDetector
 from fer_common.predictor import Predictor
 from fer_common.overlay import Overlay
-from fer_common.video import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoPipeline, VideoReader, output_sinks, run_video
+from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoFile, VideoPipeline, VideoReader, output_sinks,
+                              pyav_encoders, run_video)
 
 from .bench_models import default_model_files
 from .common import REPO, fmt, table, torch_threads
@@ -31,6 +40,21 @@ YUNET_320 = {"min_face": VIDEO_MIN_FACE, "detect_size": 320}
 HAAR_DETECTOR = {"kind": "haar"}
 HAAR_LABEL = "--detector haar (the old default)"
 STAGES = ["decode", "detect", "classify", "draw", "other", "encode"]
+# The memory runs: frames of a long clip (the test clip looped); the 30,000-frame figure in README was run once
+# with `python -m benchmarks.bench_video --memory 1000 30000`.
+MEMORY_FRAMES = (1000, 5000)
+QUICK_MEMORY_FRAMES = (200,)
+# --save_output candidates: (label, library, codec, options, licence of what gets installed)
+ENCODER_CANDIDATES = [
+    ("OpenCV mp4v (.mp4)", "opencv", "mp4v", None, "opencv-python wheel: FFmpeg LGPL; no H.264 encoder in it"),
+    ("OpenCV VP9 (.webm)", "opencv", "VP90", None, "opencv-python wheel: libvpx BSD"),
+    ("PyAV libx264 superfast (.mp4, chosen)", "pyav", "libx264", {"preset": "superfast", "crf": "23"},
+     "PyAV BSD-3; its wheel's FFmpeg links libx264: GPL"),
+    ("PyAV libx264 veryfast (.mp4)", "pyav", "libx264", {"preset": "veryfast", "crf": "23"}, "as above"),
+    ("PyAV libx264 medium (.mp4)", "pyav", "libx264", {"preset": "medium", "crf": "23"}, "as above"),
+    ("PyAV libvpx-vp9 realtime (.webm)", "pyav", "libvpx-vp9", None, "PyAV BSD-3, libvpx BSD"),
+    ("PyAV SVT-AV1 preset 10 (.webm)", "pyav", "libsvtav1", None, "PyAV BSD-3, SVT-AV1 BSD"),
+]
 
 
 def _writer(path, cap):
@@ -129,6 +153,109 @@ def make_scaled_clip(video, path, size, max_frames: int = 0) -> Path:
     return Path(path)
 
 
+def encoder_report(video, workdir: Path, repeat: int = 3) -> list[dict]:
+    """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times."""
+    import fer_common.video as fv
+
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    frames = frames * repeat
+    size = (frames[0].shape[1], frames[0].shape[0])
+    installed = pyav_encoders()
+    rows = []
+    for label, library, codec, options, licence in ENCODER_CANDIDATES:
+        if library == "pyav" and codec not in installed:
+            rows.append({"encoder": label, "licence": licence, "ms_per_frame": None, "kb": None})
+            continue
+        path = workdir / f"encoder_{library}_{codec}_{len(rows)}{'.webm' if 'webm' in label else '.mp4'}"
+        saved = dict(fv.PYAV_OPTIONS)
+        if options is not None:
+            fv.PYAV_OPTIONS[codec] = options
+        try:
+            t0 = time.perf_counter()
+            writer = fv.open_video_writer(path, library, codec, fps, size)
+            for frame in frames:
+                writer.write(frame)
+            writer.close()
+            seconds = time.perf_counter() - t0
+        finally:
+            fv.PYAV_OPTIONS.clear()
+            fv.PYAV_OPTIONS.update(saved)
+        rows.append({"encoder": label, "licence": licence, "ms_per_frame": seconds / len(frames) * 1000,
+                     "kb": path.stat().st_size / 1000, "frames": len(frames), "size": f"{size[0]}x{size[1]}"})
+    return rows
+
+
+def make_long_clip(video, path, frames: int) -> Path:
+    """The clip looped to `frames` frames (mp4v): a long video whose faces and cuts are known."""
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    clip = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        clip.append(frame)
+    cap.release()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (clip[0].shape[1], clip[0].shape[0]))
+    for k in range(frames):
+        writer.write(clip[k % len(clip)])
+    writer.release()
+    return Path(path)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
+def memory_run(video, frames: int, workdir: Path) -> dict:
+    """real_time_video.py with default flags, headless, writing every output, on a `frames`-frame clip, in a
+    fresh process: its peak RSS (VmHWM read from /proc while it runs) and FPS."""
+    clip = make_long_clip(video, workdir / f"long_{frames}.mp4", frames)
+    outputs = [workdir / f"long_{frames}_out.mp4", workdir / f"long_{frames}.csv", workdir / f"long_{frames}.json"]
+    cmd = [sys.executable, str(REPO / "real_time_video.py"), "--video", str(clip), "--no_display", "--overwrite",
+           "--save_output", str(outputs[0]), "--log_csv", str(outputs[1]), "--summary", str(outputs[2])]
+    with open(workdir / "memory.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        peak_kb = 0
+        while proc.poll() is None:
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            time.sleep(0.05)
+    text = (workdir / "memory.log").read_text()
+    if proc.returncode != 0:
+        raise RuntimeError(f"real_time_video.py failed on {frames} frames:\n{text[-2000:]}")
+    fps = float(text.split("average ", 1)[1].split(" FPS", 1)[0])
+    result = {"frames": frames, "peak_rss_mb": peak_kb / 1024, "fps": fps,
+              "log_mb": outputs[1].stat().st_size / 1e6, "video_mb": outputs[0].stat().st_size / 1e6}
+    for path in [clip, *outputs]:
+        path.unlink(missing_ok=True)
+    return result
+
+
+def memory_table(rows: list[dict]) -> str:
+    return table(["frames (480x360, default flags, --save_output --log_csv --summary)", "peak RSS MB", "FPS",
+                  "log MB", "video MB"],
+                 [[f"{r['frames']:,}", fmt(r["peak_rss_mb"], 0), fmt(r["fps"], 1), fmt(r["log_mb"], 1),
+                   fmt(r["video_mb"], 1)] for r in rows])
+
+
+def encoder_table(rows: list[dict]) -> str:
+    return table(["--save_output encoder", "ms / frame", "kB", "licence"],
+                 [[r["encoder"], fmt(r["ms_per_frame"]) if r["ms_per_frame"] is not None else "not installed",
+                   fmt(r["kb"], 0) if r["kb"] is not None else "-", r["licence"]] for r in rows])
+
+
 def detector_report(video, image, max_frames: int, **detector_kwargs) -> dict:
     """Face recall of a FaceDetector on the clip and image, and its time per frame.
 
@@ -222,16 +349,34 @@ def run(args, workdir: Path, log=print) -> dict:
             stats = per_frame_ms(passes)
             results.append({"clip": clip_name, "size": size, "config": name, **stats,
                             "x_floor": stats["total"] / floor["total"]})
-    # The real loop end to end (headless, saving the output), default flags, as a cross-check of the stage sums.
+    # The real loop end to end (headless, saving the output as the script does), default flags, as a cross-check
+    # of the stage sums; and the floor with the same writer.
     with torch_threads(torch.get_num_threads()):
         predictor = Predictor(files["int8"], "default", device="cpu", provider="cpu")
         predictor.set_threads()
-        with VideoReader(str(video), max_frames or None) as reader:
-            pipeline = VideoPipeline(predictor, FaceDetector(**VIDEO_DETECTOR), detect_every=3, threaded=True,
-                                     fps=reader.clock_fps)
-            sinks = output_sinks(reader, predictor.class_names, save_output=workdir / "run_video.mp4", display=False)
-            stats = run_video(pipeline.run(reader), sinks, total=reader.total)
-    end_to_end = {"frames": stats["frames"], "fps": stats["fps"], "ms_per_frame": 1000 / stats["fps"] if stats["fps"] else None}
+        end_to_end = {}
+        for _ in range(pipeline_repeats):
+            with VideoReader(str(video), max_frames or None) as reader:
+                pipeline = VideoPipeline(predictor, FaceDetector(**VIDEO_DETECTOR), detect_every=3, threaded=True,
+                                         fps=reader.clock_fps)
+                sinks = output_sinks(reader, predictor.class_names, save_output=workdir / "run_video.mp4", display=False)
+                stats = run_video(pipeline.run(reader), sinks, total=reader.total, progress=False)
+            if stats["fps"] > end_to_end.get("fps", 0):
+                end_to_end = {"frames": stats["frames"], "fps": stats["fps"], "ms_per_frame": 1000 / stats["fps"],
+                              "codec": sinks[1].codec}
+        floors = []
+        for _ in range(repeats):
+            with VideoReader(str(video), max_frames or None) as reader:
+                t0 = time.perf_counter()
+                with VideoFile(workdir / "floor_writer.mp4", reader.fps, reader.size) as writer:
+                    for frame in reader:
+                        writer.write(frame)
+                n = writer.frames
+                floors.append((time.perf_counter() - t0) / n * 1000)
+        end_to_end["floor_ms"] = min(floors)
+        end_to_end["x_floor"] = end_to_end["ms_per_frame"] / end_to_end["floor_ms"]
+    encoders = encoder_report(video, workdir, repeat=1 if quick else 3)
+    memory = [memory_run(video, n, workdir) for n in (QUICK_MEMORY_FRAMES if quick else MEMORY_FRAMES)]
     detection = detector_report(video, DEFAULT_IMAGE, max_frames, **VIDEO_DETECTOR)
     haar_detection = None if quick else detector_report(video, DEFAULT_IMAGE, max_frames, **HAAR_DETECTOR)
 
@@ -244,10 +389,38 @@ def run(args, workdir: Path, log=print) -> dict:
              "Predictor's preprocessing; other = tracking, cropping, smoothing, and waits for a detection). With "
              "threaded detection the detect column is time on the worker thread, overlapped with the rest: total "
              "is the main loop's wall time.")
-    text += (f"\n\nrun_video end to end (default flags, headless, saving {workdir.name}/run_video.mp4): "
-             f"{end_to_end['frames']} frames, {end_to_end['fps']:.1f} FPS ({fmt(end_to_end['ms_per_frame'])} ms/frame)")
+    text += (f"\n\nrun_video end to end (default flags, headless, saving run_video.mp4 as {end_to_end['codec']}, "
+             f"best of {pipeline_repeats}): {end_to_end['frames']} frames, {end_to_end['fps']:.1f} FPS "
+             f"({fmt(end_to_end['ms_per_frame'])} ms/frame); decode + the same writer alone: "
+             f"{fmt(end_to_end['floor_ms'])} ms/frame, so {end_to_end['x_floor']:.2f}x that floor")
     text += "\n" + _detector_line(detection, "default video detector (YuNet, one pass on a 240 px copy, detect_every 1)")
     if haar_detection:
         text += "\n" + _detector_line(haar_detection, f"{HAAR_LABEL}, detect_every 1")
+    text += "\n\n" + encoder_table(encoders)
+    text += "\n\n" + memory_table(memory)
     return {"title": "Video pipeline", "video": str(video), "rows": results, "run_video": end_to_end,
-            "detection": detection, "detection_haar": haar_detection, "table": text}
+            "detection": detection, "detection_haar": haar_detection, "encoders": encoders, "memory": memory,
+            "table": text}
+
+
+def main(argv=None) -> int:
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="peak RSS of real_time_video.py on long clips")
+    parser.add_argument("--memory", type=int, nargs="+", default=list(MEMORY_FRAMES), metavar="FRAMES")
+    parser.add_argument("--video", default=str(DEFAULT_VIDEO))
+    parser.add_argument("--encoders", action="store_true", help="the encoder table too")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fer_bench_video_") as tmp:
+        if args.encoders:
+            print(encoder_table(encoder_report(args.video, Path(tmp))), flush=True)
+        rows = []
+        for frames in args.memory:
+            rows.append(memory_run(args.video, frames, Path(tmp)))
+            print(memory_table(rows[-1:]), flush=True)
+        print(memory_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

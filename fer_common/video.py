@@ -59,6 +59,7 @@ ENCODERS = {
     ".avi": [("opencv", "MJPG", "Motion JPEG")],
     ".mkv": [("opencv", "MJPG", "Motion JPEG")],
 }
+BROWSER_CODECS = {"H.264", "VP9", "AV1"}
 FOURCCS = {ext: next(c for lib, c, _ in encoders if lib == "opencv") for ext, encoders in ENCODERS.items()}
 # libx264's "superfast" preset: 1.8 ms a 480x360 frame and a third of mp4v's size ("veryfast": 2.8 ms, "medium": 7.6).
 PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
@@ -453,9 +454,9 @@ def pyav_encoders() -> set:
     """The PyAV (FFmpeg) video encoders installed here; empty without PyAV."""
     try:
         import av
-    except ImportError:
+        return set(av.codecs_available)
+    except Exception:       # not installed, or its FFmpeg libraries do not load
         return set()
-    return set(av.codecs_available)
 
 
 def choose_encoder(path) -> tuple[str, str, str, str | None]:
@@ -471,9 +472,12 @@ def choose_encoder(path) -> tuple[str, str, str, str | None]:
             break
     note = None
     if library == "opencv" and candidates[0][0] == "pyav":
-        note = (f"note: writing {name}, which browsers and Jupyter do not play"
-                + (" (VLC does)" if codec == "mp4v" else "") + ": pip install av for "
-                + candidates[0][2] + (" (PyAV is not installed here)" if not installed else ""))
+        why = "PyAV is not installed here" if not installed else f"this PyAV has no {candidates[0][1]}"
+        if name in BROWSER_CODECS:      # OpenCV's VP9: plays everywhere, but about 80 ms a frame
+            note = f"note: writing {name} through OpenCV, which is slow ({why}): pip install av"
+        else:
+            note = (f"note: writing {name}: " + ("VLC plays it, " if codec == "mp4v" else "")
+                    + f"browsers and Jupyter do not; {why}: pip install av for {candidates[0][2]}")
     return library, codec, name, note
 
 
