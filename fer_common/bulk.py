@@ -91,6 +91,55 @@ def list_images(inputs: Iterable, recursive: bool = False) -> list[str]:
 STAGES = ("read", "detect", "classify")
 
 
+def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
+                   spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
+    """One batch of image paths -> one Result each, in order: read, detect (with `detector`, an object with
+    detect_scored, or None: each image is one face), one forward pass per `batch_size` faces.
+
+    The unit of work of every bulk engine: iter_results' threads here, Ray Data's workers
+    (fer_common.cluster). `start` numbers the results (Result.index); `spent` adds seconds per stage.
+    """
+    spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
+    channels = predictor.preprocessing["channels"]
+    crops, found = [], []              # found: per image (boxes, scores, size, error)
+    for path in paths:
+        t0 = time.perf_counter()
+        # Whole images are decoded as the model's channels, exactly as training decodes them; images to
+        # detect faces in stay BGR, as OpenCV's detectors take them. Either way: converted once.
+        image = read_image(path, 3 if detector is not None else channels, bgr=True)
+        t1 = time.perf_counter()
+        spent["read"] += t1 - t0
+        if image is None:
+            found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
+            continue
+        size = (image.shape[1], image.shape[0])
+        if detector is None:
+            boxes, scores = np.array([[0, 0, *size]], np.int32), None
+            crops.append(image)
+        else:
+            with detect_lock or contextlib.nullcontext():
+                boxes, scores = detector.detect_scored(image)
+            crops += crop_faces(image, boxes)
+            spent["detect"] += time.perf_counter() - t1
+        found.append((boxes, scores, size, None))
+    t0 = time.perf_counter()
+    probs, embs = [], []
+    for i in range(0, max(len(crops), 1), batch_size):
+        with classify_lock or contextlib.nullcontext():
+            p = predictor.predict(crops[i:i + batch_size], bgr=True)
+        probs.append(p.probabilities)
+        embs.append(p.embeddings)
+    probs, embs = np.concatenate(probs), np.concatenate(embs)
+    spent["classify"] += time.perf_counter() - t0
+    results, k = [], 0
+    for j, (path, (boxes, scores, size, error)) in enumerate(zip(paths, found)):
+        n = len(boxes)
+        results.append(make_result(path, predictor.class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
+                                   size=size, error=error, index=start + j))
+        k += n
+    return results
+
+
 def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, timings: dict | None = None) -> Iterator[Result]:
     """Classify every image, yielding one Result per image in input order (unreadable ones with `error`).
@@ -105,7 +154,6 @@ def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAU
     if batch_size < 1:
         raise FERError(f"batch size must be at least 1, not {batch_size}")
     workers = workers or default_workers()
-    channels, names = predictor.preprocessing["channels"], predictor.class_names
     h, w = predictor.preprocessing["input_size"]
     # Big models use every core for one forward pass already: running two at once would only thrash.
     classify_lock = threading.Lock() if h * w > 64 * 64 else None
@@ -122,43 +170,8 @@ def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAU
 
     def run_chunk(start: int, paths: list) -> tuple[list, dict]:
         spent = dict.fromkeys(STAGES, 0.0)
-        det = get_detector()
-        crops, found = [], []              # found: per image (boxes, scores, size, error)
-        for path in paths:
-            t0 = time.perf_counter()
-            # Whole images are decoded as the model's channels, exactly as training decodes them; images to
-            # detect faces in stay BGR, as OpenCV's detectors take them. Either way: converted once.
-            image = read_image(path, 3 if det is not None else channels, bgr=True)
-            t1 = time.perf_counter()
-            spent["read"] += t1 - t0
-            if image is None:
-                found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
-                continue
-            size = (image.shape[1], image.shape[0])
-            if det is None:
-                boxes, scores = np.array([[0, 0, *size]], np.int32), None
-                crops.append(image)
-            else:
-                with detect_lock or contextlib.nullcontext():
-                    boxes, scores = det.detect_scored(image)
-                crops += crop_faces(image, boxes)
-                spent["detect"] += time.perf_counter() - t1
-            found.append((boxes, scores, size, None))
-        t0 = time.perf_counter()
-        probs, embs = [], []
-        for i in range(0, max(len(crops), 1), batch_size):
-            with classify_lock or contextlib.nullcontext():
-                p = predictor.predict(crops[i:i + batch_size], bgr=True)
-            probs.append(p.probabilities)
-            embs.append(p.embeddings)
-        probs, embs = np.concatenate(probs), np.concatenate(embs)
-        spent["classify"] += time.perf_counter() - t0
-        results, k = [], 0
-        for j, (path, (boxes, scores, size, error)) in enumerate(zip(paths, found)):
-            n = len(boxes)
-            results.append(make_result(path, names, boxes, probs[k:k + n], embs[k:k + n], scores, size=size,
-                                       error=error, index=start + j))
-            k += n
+        results = classify_batch(predictor, paths, get_detector(), batch_size, start, spent, detect_lock,
+                                 classify_lock)
         return results, spent
 
     chunks = ((s, images[s:s + batch_size]) for s in range(0, len(images), batch_size))
