@@ -7,8 +7,8 @@ import hashlib
 import json
 import math
 import os
-import stat
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path

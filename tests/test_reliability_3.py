@@ -17,7 +17,7 @@ from fer_common.cli import make_parser, run_main
 from fer_common.data import list_samples
 from fer_common.download import import_dataset
 from fer_common.errors import FERError
-from fer_common.files import (atomic_path, check_outside, check_regular_file, check_writable, make_temp_dir, replace_dir, save_torch,
+from fer_common.files import (check_outside, check_regular_file, check_writable, make_temp_dir, replace_dir, save_torch,
                               strict_json, write_image, write_json)
 from fer_common.metrics import draw_confusion_matrix
 from fer_common.splitting import split_dataset
