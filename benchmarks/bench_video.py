@@ -153,8 +153,9 @@ def make_scaled_clip(video, path, size, max_frames: int = 0) -> Path:
     return Path(path)
 
 
-def encoder_report(video, workdir: Path, repeat: int = 3) -> list[dict]:
-    """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times."""
+def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -> list[dict]:
+    """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times
+    (or its first `max_frames` frames)."""
     import fer_common.video as fv
 
     cap = cv2.VideoCapture(str(video))
@@ -166,7 +167,7 @@ def encoder_report(video, workdir: Path, repeat: int = 3) -> list[dict]:
             break
         frames.append(frame)
     cap.release()
-    frames = frames * repeat
+    frames = (frames * repeat)[:max_frames or None]
     size = (frames[0].shape[1], frames[0].shape[0])
     installed = pyav_encoders()
     rows = []
@@ -375,7 +376,7 @@ def run(args, workdir: Path, log=print) -> dict:
                 floors.append((time.perf_counter() - t0) / n * 1000)
         end_to_end["floor_ms"] = min(floors)
         end_to_end["x_floor"] = end_to_end["ms_per_frame"] / end_to_end["floor_ms"]
-    encoders = encoder_report(video, workdir, repeat=1 if quick else 3)
+    encoders = encoder_report(video, workdir, repeat=3, max_frames=max_frames if quick else 0)
     memory = [memory_run(video, n, workdir) for n in (QUICK_MEMORY_FRAMES if quick else MEMORY_FRAMES)]
     detection = detector_report(video, DEFAULT_IMAGE, max_frames, **VIDEO_DETECTOR)
     haar_detection = None if quick else detector_report(video, DEFAULT_IMAGE, max_frames, **HAAR_DETECTOR)

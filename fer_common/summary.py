@@ -14,6 +14,7 @@ same smoothed probabilities and top classes).
 """
 
 import csv
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,17 +51,21 @@ class FaceSummary:
 
     def __init__(self, class_names):
         self.class_names = list(class_names)
-        self._rows = {}        # face id -> ([times], [probability rows], [top class indices])
+        # face id -> (times, probabilities row after row, top class indices): flat typed arrays, 40 bytes a
+        # face-frame for seven classes, so a long video's summary stays small (30,000 frames: about 2 MB)
+        self._rows = {}
 
     def add(self, face_id: int, time_s: float, probabilities, top: int | None = None) -> None:
         """One face in one frame; `top` is the class shown on top (default: the most probable). The time must
         be a finite number (the JSON summary is strict JSON: no NaN or Infinity)."""
         if not np.isfinite(time_s):
             raise FERError(f"face {face_id}: time {time_s} is not a finite number of seconds")
-        probabilities = np.asarray(probabilities, np.float32)
-        times, probs, tops = self._rows.setdefault(int(face_id), ([], [], []))
+        probabilities = np.asarray(probabilities, np.float32).reshape(-1)
+        if len(probabilities) != len(self.class_names):
+            raise FERError(f"face {face_id}: {len(probabilities)} probabilities for {len(self.class_names)} classes")
+        times, probs, tops = self._rows.setdefault(int(face_id), (array("d"), array("f"), array("i")))
         times.append(float(time_s))
-        probs.append(probabilities)
+        probs.frombytes(probabilities.tobytes())
         tops.append(int(np.argmax(probabilities)) if top is None else int(top))
 
     def add_result(self, result) -> None:
@@ -84,14 +89,15 @@ class FaceSummary:
     def series(self, face_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(times, probabilities): the face's frames in time order, T and T x num_classes."""
         times, probs, _ = self._rows[face_id]
+        times = np.asarray(times, np.float64)
         order = np.argsort(times, kind="stable")
-        return np.asarray(times)[order], np.asarray(probs).reshape(len(times), -1)[order]
+        return times[order], np.asarray(probs, np.float32).reshape(len(times), -1)[order]
 
     def faces(self) -> list[FaceStats]:
         out = []
         for face_id in self.face_ids:
             times, _, tops = self._rows[face_id]
-            counts = np.bincount(tops, minlength=len(self.class_names))
+            counts = np.bincount(np.asarray(tops, np.int64), minlength=len(self.class_names))
             shares = {name: float(c / len(tops)) for name, c in zip(self.class_names, counts)}
             out.append(FaceStats(face_id, min(times), max(times), len(times), shares,
                                  self.class_names[int(np.argmax(counts))]))

@@ -19,8 +19,9 @@ from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
 from fer_common.overlay import Overlay
 from fer_common.summary import MATPLOTLIB_MISSING
-from fer_common.video import (FrameResult, Pacer, SceneCuts, VideoFile, VideoPipeline, VideoReader, Window,
-                              analyse_video, csv_header, output_sinks, pyav_encoders, run_video)
+from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, FrameResult, Pacer, SceneCuts, VideoFile,
+                              VideoPipeline, VideoReader, Window, analyse_video, csv_header, output_sinks,
+                              pyav_encoders, run_video)
 from helpers_models import TEST_IMAGE, TEST_VIDEO, run_script
 
 
@@ -176,7 +177,7 @@ def test_pipeline_classifies_the_detectors_fer_framed_boxes(models):
     cap = cv2.VideoCapture(str(TEST_VIDEO))
     frame = cap.read()[1]
     cap.release()
-    detector = FaceDetector(min_face=real_time_video.VIDEO_MIN_FACE, detect_size=real_time_video.VIDEO_DETECT_SIZE)
+    detector = FaceDetector(min_face=VIDEO_MIN_FACE, detect_size=VIDEO_DETECT_SIZE)
     pipeline = VideoPipeline(Recording(), detector, detect_every=1)
     result = pipeline.process(frame)
     x, y, w, h = result.boxes[0]
@@ -473,7 +474,7 @@ def make_cut_clip(path):
 
 
 def video_detector():
-    return FaceDetector(min_face=real_time_video.VIDEO_MIN_FACE, detect_size=real_time_video.VIDEO_DETECT_SIZE)
+    return FaceDetector(min_face=VIDEO_MIN_FACE, detect_size=VIDEO_DETECT_SIZE)
 
 
 def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
