@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .errors import FERError
 from .fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
-from .files import check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, write_json
+from .files import (check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, sibling_name,
+                    write_json)
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -281,6 +282,11 @@ def foreign_entries(output: Path, marker: dict) -> list[str]:
     return sorted(p.name for p in output.iterdir() if p.name not in own)
 
 
+def download_cache(output: Path) -> Path:
+    """`<output>.download/`, where downloads wait until imported (shortened if the output's name is very long)."""
+    return output.with_name(sibling_name(output.name, ".download"))
+
+
 def check_output_folder(output: Path, source: str) -> None:
     """Refuse an --output whose replacement would delete what it must not: the current folder or one above
     it, the home folder, the source itself or a folder holding it."""
@@ -301,7 +307,7 @@ def check_output_folder(output: Path, source: str) -> None:
         raise FERError(f"--source {source} is inside --output {output}: importing would replace the folder "
                        f"that holds the source; choose another --output")
     if src.is_dir():    # the data set (and its download cache) written into the folder it is read from
-        check_outside({"--output": output, "the download cache": output.with_name(output.name + ".download")},
+        check_outside({"--output": output, "the download cache": download_cache(output)},
                       {"--source": src})
 
 
@@ -334,7 +340,7 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
                            f"{', ...' if len(foreign) > 3 else ''}): --force only replaces a data set made by "
                            f"download_dataset.py; move them away or choose another --output")
 
-    cache_dir = output.with_name(output.name + ".download")
+    cache_dir = download_cache(output)
     downloaded = source == "kaggle" or source.lower().startswith(("http://", "https://"))
     if downloaded and source != "kaggle":
         check_url(source)

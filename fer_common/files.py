@@ -102,6 +102,16 @@ def _temp_suffix(suffix: str | None) -> str:
     return suffix if len(os.fsencode(suffix)) <= 16 else ".tmp"
 
 
+def sibling_name(name: str, suffix: str) -> str:
+    """`name + suffix` (a cache or log beside an output), shortened with a hash of `name` when that would be
+    longer than NAME_MAX: an output may have any legal name."""
+    if len(os.fsencode(name + suffix)) <= NAME_MAX:
+        return name + suffix
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    keep = name.encode("utf-8", "surrogateescape")[:NAME_MAX - len(os.fsencode(suffix)) - 14]
+    return f"{keep.decode('utf-8', 'ignore')}-{digest}{suffix}"
+
+
 def os_error_text(e: OSError) -> str:
     """What went wrong, in words (`No space left on device`), with the file the OS names when it names one."""
     why = e.strerror or str(e) or type(e).__name__

@@ -171,6 +171,11 @@ def test_250_character_names_are_written(tmp_path):
 def test_a_downloaded_file_with_a_long_name_gets_a_short_local_name():
     from fer_common.download import url_file_name
 
+    from fer_common.download import download_cache
+
+    assert download_cache(Path("data") / ("d" * 250)).name.endswith(".download")
+    assert len(download_cache(Path("data") / ("d" * 250)).name) <= 255
+    assert download_cache(Path("data") / "dataset") == Path("data") / "dataset.download"
     name = url_file_name("https://example.org/" + "a" * 300 + ".tar.gz")
     assert len(name) <= 100 and name.endswith(".tar.gz")
     assert url_file_name("https://example.org/fer2013.csv.gz") == "fer2013.csv.gz"
