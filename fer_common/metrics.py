@@ -76,7 +76,7 @@ def draw_confusion_matrix(cm: np.ndarray, class_names, path, title: str = "") ->
     count in each; more classes get smaller cells (the grid at most MAX_GRID_PX wide), the share alone, then
     colour alone, and column names written upwards."""
     n = len(class_names)
-    if np.shape(cm) != (n, n):
+    if n == 0 or np.shape(cm) != (n, n):
         raise ValueError(f"confusion matrix of shape {np.shape(cm)} for {n} class names")
     names = [_label(name) for name in class_names]
     font = cv2.FONT_HERSHEY_SIMPLEX
