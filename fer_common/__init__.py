@@ -3,7 +3,12 @@
     from fer_common import FER          # the Python API (fer_common.api): FER().analyse("photo.jpg")
 
 Modules, each named for what it holds:
-    api         FER and Face: the Python API over the objects below
+    api         FER: the Python API over the objects below
+    commands    every command line (get_args_parser + main): the `fer` subcommands and the top-level scripts
+    errors      FERError, the one error type (told in one line, no traceback)
+    model_info  what a model file says about itself (classes, preprocessing, calibration), checked, no torch
+    results     the result model: Face, Result, their JSON and table views (one place they are made)
+    writers     streamed .jsonl / .csv result files: provenance, resume, links and concurrent runs refused
     labels      class names (FER-2013's emotions by default), how folders spell them, count tables
     cli         argument types and groups shared by the scripts, and the one-line error handling
     files       image extensions, atomic writes, output checks, folders replaced whole
@@ -24,7 +29,7 @@ Modules, each named for what it holds:
     metrics     softmax, accuracy, per-class scores, the confusion-matrix picture
     predictor   one predictor for .pth and .onnx files (and ensembles): crops in, probabilities out
     detection   face detection (YuNet, shipped; or OpenCV's Haar cascade) and face crops in FER-2013 framing
-    bulk        folders of images in threaded batches, streamed .jsonl / .csv output, resume
+    bulk        folders of images in threaded batches (classify_batch: the unit of work of every engine)
     overlay     boxes, labels and non-overlapping probability bars drawn on frames
     tracking    face tracks across video frames
     video       the video / webcam pipeline and its outputs (window, video file, CSV log)
