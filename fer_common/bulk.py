@@ -47,6 +47,15 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _is_file_or_link(entry) -> bool:
+    """A file, or a link that does not lead to a folder (a broken or looping link becomes an unreadable image's
+    result, so that it is reported rather than silently left out)."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:             # a link loop: too many levels of links
+        return True
+
+
 def _folder_images(folder: str, recursive: bool) -> list[str]:
     """Image paths under `folder` (folder/relative/path), files sorted by name, each folder's files before its
     sub-folders'. Hidden files and folders (.DS_Store, ._IMG.jpg, temporary files) are left out."""
@@ -58,7 +67,7 @@ def _folder_images(folder: str, recursive: bool) -> list[str]:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise FERError(f"cannot read folder {current} ({e.strerror})") from None
-        found += [os.path.join(current, e.name) for e in entries if _is_image(e.name) and e.is_file()]
+        found += [os.path.join(current, e.name) for e in entries if _is_image(e.name) and _is_file_or_link(e)]
         if recursive:
             subfolders = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
             stack += reversed(subfolders)      # popped in name order

@@ -73,6 +73,9 @@ def check_output(path, resume: bool = False, overwrite: bool = False) -> bool:
     if path.suffix.lower() not in FORMATS:
         raise FERError(f"--output {path}: give a .jsonl or .csv file (not '{path.suffix or 'no extension'}')")
     _refuse_links(path)
+    if len(os.fsencode(meta_path(path).name)) > 255:
+        raise FERError(f"--output {path.name[:40]}...: the name is too long for its provenance file "
+                       f"({meta_path(path).name[-20:]}, over 255 bytes); give a shorter name")
     if os.path.lexists(path) and not path.is_file():
         raise FERError(f"output {path} exists and is not a regular file")
     if not path.parent.is_dir():
