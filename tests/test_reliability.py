@@ -242,7 +242,7 @@ def edited_onnx(tmp_path, name, **meta) -> Path:
     ({"class_names": "[not json"}, "class_names metadata is not valid JSON"),
     ({"preprocessing": json.dumps({"input_size": [64, 64], "channels": 1, "mean": [0.5], "std": [0.25]})},
      "graph takes input"),
-    ({"model_type": "mystery"}, "model_type metadata"),
+    ({"model_type": "mystery"}, "unknown model type .mystery."),
 ])
 def test_onnx_whose_metadata_disagrees_with_its_graph(tmp_path, meta, message):
     path = edited_onnx(tmp_path, "m.onnx", **meta)
