@@ -61,6 +61,8 @@ class AdvancedFER(nn.Module):
 
     timm pools each backbone's last feature map the right way for it (Swin's is channels-last,
     N x 7 x 7 x C, and is averaged over its spatial axes), so any timm model name works here.
+    The constructor's keyword arguments are the model_config a checkpoint stores (rebuilt by create_model),
+    so they stay flat, eight of them, rather than an options object.
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, embedding_dim: int = 128,
