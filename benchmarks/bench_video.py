@@ -25,8 +25,8 @@ import torch
 from fer_common.detection import FaceDetector
 from fer_common.predictor import Predictor
 from fer_common.overlay import Overlay
-from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoFile, VideoPipeline, VideoReader, output_sinks,
-                              pyav_encoders, run_video)
+from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, SceneCuts, VideoFile, VideoPipeline, VideoReader,
+                              output_sinks, pyav_encoders, run_video)
 
 from .bench_models import default_model_files
 from .common import REPO, fmt, table, torch_threads
@@ -192,6 +192,29 @@ def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -
         rows.append({"encoder": label, "licence": licence, "ms_per_frame": seconds / len(frames) * 1000,
                      "kb": path.stat().st_size / 1000, "frames": len(frames), "size": f"{size[0]}x{size[1]}"})
     return rows
+
+
+def scene_cut_cost(video, max_frames: int = 0) -> dict:
+    """CPU ms per frame of the scene-cut check (process time: steady when other jobs share the CPU), min of 5."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while not max_frames or len(frames) < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    out = {}
+    for size in [(frames[0].shape[1], frames[0].shape[0]), (1280, 720)]:
+        clip = [cv2.resize(f, size) for f in frames]
+        times = []
+        for _ in range(5):
+            cuts, t0 = SceneCuts(), time.process_time()
+            for frame in clip:
+                cuts(frame)
+            times.append((time.process_time() - t0) / len(clip) * 1000)
+        out[f"{size[0]}x{size[1]}"] = min(times)
+    return out
 
 
 def make_long_clip(video, path, frames: int) -> Path:
@@ -377,6 +400,7 @@ def run(args, workdir: Path, log=print) -> dict:
         end_to_end["floor_ms"] = min(floors)
         end_to_end["x_floor"] = end_to_end["ms_per_frame"] / end_to_end["floor_ms"]
     encoders = encoder_report(video, workdir, repeat=3, max_frames=max_frames if quick else 0)
+    cut_cost = scene_cut_cost(video, max_frames)
     memory = [memory_run(video, n, workdir) for n in (QUICK_MEMORY_FRAMES if quick else MEMORY_FRAMES)]
     detection = detector_report(video, DEFAULT_IMAGE, max_frames, **VIDEO_DETECTOR)
     haar_detection = None if quick else detector_report(video, DEFAULT_IMAGE, max_frames, **HAAR_DETECTOR)
@@ -397,10 +421,12 @@ def run(args, workdir: Path, log=print) -> dict:
     text += "\n" + _detector_line(detection, "default video detector (YuNet, one pass on a 240 px copy, detect_every 1)")
     if haar_detection:
         text += "\n" + _detector_line(haar_detection, f"{HAAR_LABEL}, detect_every 1")
+    text += ("\nscene-cut check (part of 'other'), CPU ms per frame: "
+             + ", ".join(f"{fmt(ms, 3)} at {size}" for size, ms in cut_cost.items()))
     text += "\n\n" + encoder_table(encoders)
     text += "\n\n" + memory_table(memory)
     return {"title": "Video pipeline", "video": str(video), "rows": results, "run_video": end_to_end,
-            "detection": detection, "detection_haar": haar_detection, "encoders": encoders, "memory": memory,
+            "detection": detection, "detection_haar": haar_detection, "encoders": encoders, "memory": memory, "scene_cut_cpu_ms": cut_cost,
             "table": text}
 
 
