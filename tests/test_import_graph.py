@@ -15,26 +15,44 @@ PACKAGE = REPO / "fer_common"
 
 
 def module_names() -> list[str]:
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    """Every module of the package, sub-packages too, dotted below fer_common (`training`, `commands.train`)."""
+    names = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and "__pycache__" not in parts:
+            names.append(".".join(parts))
+    return sorted(names)
+
+
+def _source(name: str):
+    path = PACKAGE.joinpath(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def imported_modules(name: str, known: set[str]) -> set[str]:
-    """The fer_common modules that fer_common/<name>.py imports, anywhere in the file."""
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+    """The fer_common modules that fer_common/<name> imports, anywhere in the file (functions included)."""
+    source = _source(name)
+    package = name.split(".") if source.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == "fer_common"):
-                parts = (node.module or "").split(".")[(0 if node.level else 1):]
-                if parts and parts[0]:
-                    found.add(parts[0])                                     # from .x import a / from fer_common.x import a
-                else:
-                    found.update(alias.name for alias in node.names)        # from . import x
+            if node.level:                                  # from .x import a, from .. import x
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else list(package)
+                target = base + (node.module.split(".") if node.module else [])
+            elif (node.module or "").split(".")[0] == "fer_common":
+                target = node.module.split(".")[1:]         # from fer_common.x import a
+            else:
+                continue
+            for alias in node.names:                        # `from pkg import module` names a module
+                sub = ".".join(target + [alias.name])
+                found.add(sub if sub in known else ".".join(target))
         elif isinstance(node, ast.Import):
-            for alias in node.names:
+            for alias in node.names:                        # import fer_common.x
                 parts = alias.name.split(".")
-                if parts[0] == "fer_common" and len(parts) > 1:
-                    found.add(parts[1])                                     # import fer_common.x
+                if parts[0] == "fer_common":
+                    found.add(".".join(parts[1:]))
     return {m for m in found if m in known and m != name}
 
 
@@ -93,6 +111,8 @@ def test_the_graph_reader_sees_imports_inside_functions_and_finds_cycles():
     # calibration imports the predictor and the bulk reader; checkpoint imports models (at module level).
     graph = import_graph()
     assert {"predictor", "bulk"} <= graph["calibration"] and "models" in graph["checkpoint"]
+    if "commands.train" in graph:      # sub-packages too, through `from ..x import a`
+        assert "training" in graph["commands.train"]
 
 
 def test_fer_common_import_graph_has_no_cycle():
