@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from ..bulk import DEFAULT_BATCH_SIZE, Tally, default_workers, iter_results, list_images
 from ..cli import image_output, make_parser, output_file, positive_int
+from ..cluster import (ParquetWriter, check_parquet_output, classifier_settings, detector_settings, import_ray,
+                       is_parquet, iter_results_ray)
 from ..detection import add_detector_args, detector_from_args
 from ..errors import FERError
 from ..files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
@@ -46,7 +48,14 @@ def get_args_parser():
     g.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images read per task, and faces per forward pass")
     g.add_argument("--workers", type=positive_int, default=default_workers(),
-                   help="threads reading, detecting and classifying (one per core)")
+                   help="threads reading, detecting and classifying (one per core); with --engine ray: Ray "
+                        "workers across the cluster, one CPU and one copy of the model each")
+    g.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: threads on this machine; ray: Ray Data workers on a Ray cluster (README, Bulk "
+                        "inference on a cluster; pip install 'fer-toolkit[cluster]')")
+    g.add_argument("--address", metavar="ADDR",
+                   help="--engine ray: the cluster: auto (the one `ray start` runs here), ray://HOST:10001, or "
+                        "none: a new local one for this run")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of going on")
     add_predictor_args(parser, tta=True)
     add_detector_args(parser)
@@ -56,9 +65,10 @@ def get_args_parser():
                         "top emotion, confidence, probabilities)")
     g.add_argument("--embedding", action="store_true",
                    help="with --json or a .jsonl --output, add each face's 128-d embedding")
-    g.add_argument("--output", metavar="PATH", type=output_file(".jsonl", ".csv"),
+    g.add_argument("--output", metavar="PATH", type=output_file(".jsonl", ".csv", ".parquet"),
                    help="stream results to this file as they come: .jsonl (one --json result per line) or "
-                        ".csv (one row per face, the columns of the README's result table)")
+                        ".csv (one row per face, the columns of the README's result table); .parquet: the "
+                        ".csv's columns, one file written at the end (needs pyarrow)")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: keep the results already in --output, do the other images")
     g.add_argument("--save_annotated", metavar="PATH", type=image_output,
@@ -125,7 +135,7 @@ def check_paths(args, images) -> list | None:
     if args.resume and not args.output:
         raise FERError("--resume needs --output (the .jsonl or .csv file to continue)")
     if args.output:
-        check_output(args.output, args.resume, args.overwrite)
+        (check_parquet_output if is_parquet(args.output) else check_output)(args.output, args.resume, args.overwrite)
     annotated = annotated_paths(images, args.save_annotated) if args.save_annotated else None
     folders = {f"input folder {p}": p for p in args.images if Path(p).is_dir()}
     check_outside({"--save_annotated": args.save_annotated}, folders)
@@ -148,6 +158,8 @@ def check_paths(args, images) -> list | None:
 def main(args):
     images = list_images(args.images, args.recursive)
     annotated = check_paths(args, images)
+    if args.engine == "ray":
+        import_ray()                                # without Ray: one line saying what to install, before any work
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
     predictor = predictor_from_args(args, log=log, fast=True)     # int8: 4x faster per face, same accuracy
     predictor.set_threads()
@@ -163,8 +175,9 @@ def main(args):
         writer = None
         if args.output:
             meta = provenance(predictor, args.tta, None if args.no_detect else args.detector, args.embedding)
-            writer = stack.enter_context(ResultWriter(args.output, names, meta, args.embedding, args.resume,
-                                                      args.overwrite))
+            writer_type = ParquetWriter if is_parquet(args.output) else ResultWriter
+            writer = stack.enter_context(writer_type(args.output, names, meta, args.embedding, args.resume,
+                                                     args.overwrite))
             if writer.repaired_bytes:
                 log(f"{args.output}: cut off what a stopped run left half-written ({writer.repaired_bytes} bytes)")
         done = writer.done if writer is not None else ()
@@ -173,7 +186,13 @@ def main(args):
             log(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
         bar = stack.enter_context(tqdm(total=len(todo), unit="img", desc="images", file=sys.stderr, delay=2,
                                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30))
-        results = iter_results(predictor, [images[i] for i in todo], make_detector, args.batch_size, args.workers)
+        if args.engine == "ray":                   # the same batches on a Ray cluster (fer_common.cluster)
+            settings = classifier_settings(predictor, args.tta, args.device, args.provider,
+                                           None if args.no_detect else detector_settings(args))
+            results = iter_results_ray([images[i] for i in todo], settings, args.batch_size, args.workers,
+                                       args.address)
+        else:
+            results = iter_results(predictor, [images[i] for i in todo], make_detector, args.batch_size, args.workers)
         stack.callback(results.close)               # stops the workers on an error or Ctrl-C
 
         def say_how_to_resume(kind, *_):            # on Ctrl-C; returns None, so the interrupt goes on

@@ -1,0 +1,295 @@
+"""Bulk inference on a Ray cluster: fer_common.bulk's classify_batch in Ray Data workers, results in input order.
+
+    python inference.py photos/ --recursive --engine ray --address auto --workers 16 --output out.jsonl
+
+    settings = classifier_settings(predictor, tta=True, detector={"kind": "yunet"})
+    for r in iter_results_ray(images, settings, workers=16, address="auto"):   # fer_common.results.Result
+        writer.write(r)
+
+Each worker is a Ray actor holding one BatchClassifier: it loads the model(s) and the face detector once, from
+plain settings (model file paths, TTA, detector keyword arguments), then runs `classify_batch` on batches of
+image paths, exactly as the local engine's threads do. Workers send back (index, pickled Result) rows; the
+driver puts them back in input order as they come (a small reorder buffer) and yields them, so the same
+writers (.jsonl, .csv; ParquetWriter here) stream them and the local and Ray runs write the same rows.
+
+Inputs are paths every worker can open: a folder on this machine (one-node cluster) or on storage every node
+mounts at the same path (NFS, a cloud bucket mounted with s3fs/gcsfuse). Paths are sent as absolute paths; the
+results keep the paths as given. Object-store URIs (s3://...) are not read directly: mount the bucket.
+
+Fault tolerance is Ray's: a worker that dies (killed, out of memory, a lost node) is restarted and its block
+of images is run again (at most MAX_TASK_RETRIES times); the driver keeps one result per image, so the
+output holds every image once. An unreadable image is a Result with `error`, as locally.
+
+Ray is optional (pip install 'fer-toolkit[cluster]'); it and pyarrow are imported only when used.
+"""
+
+import contextlib
+import logging
+import os
+import pickle
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .bulk import DEFAULT_BATCH_SIZE, classify_batch
+from .errors import FERError
+from .files import atomic_path, write_json
+from .results import Result, table_columns, table_rows
+from .writers import meta_path
+
+INSTALL = "pip install 'fer-toolkit[cluster]'"
+# A batch that kills its worker this many times more is a poison batch (an image that crashes the decoder):
+# the run stops with an error instead of retrying forever.
+MAX_TASK_RETRIES = 3
+# Batches per Ray block: a block is what one task runs and what a dead worker's retry runs again.
+BATCHES_PER_BLOCK = 4
+# At most this many blocks: past it, blocks grow (driver-side bookkeeping stays small for 10^7 images).
+MAX_BLOCKS = 10_000
+
+
+def import_ray():
+    """Ray and Ray Data, or one line saying how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise FERError(f"--engine ray needs Ray: {INSTALL}") from None
+    return ray
+
+
+def _import_pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FERError(f"Parquet output needs pyarrow: {INSTALL} (or pip install pyarrow)") from None
+    return pa, pq
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+def _load_predictor(models, model_type, tta, device, provider):
+    from .predictor import Ensemble, Predictor
+
+    members = [Predictor(p, model_type, device=device, provider=provider, tta=tta) for p in models]
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
+class BatchClassifier:
+    """Ray Data's callable class: made once per worker from plain, picklable settings; each call classifies
+    one batch ({"path": ..., "index": ...}) with bulk.classify_batch and returns {"index", "result"} rows,
+    the Result pickled (exact: the driver's Result is the worker's, floats and embeddings included)."""
+
+    def __init__(self, models: list, model_type: str | None = None, tta: bool = False, device: str = "cpu",
+                 provider: str = "cpu", detector: dict | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
+        from .detection import FaceDetector
+
+        self.predictor = _load_predictor(models, model_type, tta, device, provider)
+        self.detector = FaceDetector(**detector) if detector is not None else None
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        results = classify_batch(self.predictor, [str(p) for p in batch["path"]], self.detector, self.batch_size)
+        blobs = np.empty(len(results), dtype=object)
+        blobs[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results]
+        return {"index": np.asarray(batch["index"], np.int64), "result": blobs}
+
+
+def classifier_settings(predictor, tta: bool = False, device: str = "cpu", provider: str = "cpu",
+                        detector: dict | None = None) -> dict:
+    """BatchClassifier's constructor arguments for the model(s) `predictor` loaded on the driver: absolute
+    model paths (each node must see them at the same path), TTA, runtime, and the FaceDetector's keyword
+    arguments (None: each image is one face)."""
+    members = getattr(predictor, "members", [predictor])
+    return {"models": [str(Path(m.path).resolve()) for m in members], "model_type": predictor.model_type,
+            "tta": bool(tta), "device": device, "provider": provider, "detector": detector}
+
+
+def detector_settings(args) -> dict:
+    """The FaceDetector keyword arguments of the detection flags (what detection.detector_from_args passes)."""
+    return {"kind": args.detector, "model_path": None if args.detector_model is None else str(Path(args.detector_model).resolve()),
+            "detect_size": args.detect_size, "min_face": args.min_face, "detect_width": args.detect_width}
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+@contextlib.contextmanager
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """A Ray connection for one job: `auto` (the cluster `ray start` runs here), `ray://host:10001` (Ray
+    Client), `host:6379`, or None / 'none' / 'local': a new local cluster, shut down afterwards. A Ray
+    session the caller already started (ray.init) is used as it is and left running."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    local = address in (None, "", "none", "local")
+    try:
+        ray.init(address="local" if local else address, num_cpus=num_cpus if local else None,
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as e:
+        raise FERError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0][:160]}); start one "
+                       "with `ray start --head`, or leave --address out for a new local one") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_ray_data(ray):
+    """Ray Data's own progress bars and log lines off for this job (the caller shows its own progress; a
+    failure still comes back as an exception)."""
+    ctx = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    saved = ctx.enable_progress_bars, logger.level
+    ctx.enable_progress_bars = False
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = saved[0]
+        logger.setLevel(saved[1])
+
+
+def _retries() -> dict:
+    """The workers' remote arguments: a dead worker is restarted as often as needed; a batch runs again at most
+    MAX_TASK_RETRIES times."""
+    return {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
+
+
+def _blocks(pa, images: list, per_block: int) -> list:
+    absolute = [os.path.abspath(p) for p in images]
+    return [pa.table({"path": absolute[s:s + per_block], "index": np.arange(s, min(s + per_block, len(images)))})
+            for s in range(0, len(images), per_block)]
+
+
+def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
+                     address: str | None = None, classifier=BatchClassifier) -> Iterator[Result]:
+    """bulk.iter_results on a Ray cluster: one Result per image, in input order (unreadable ones with `error`).
+
+    settings: BatchClassifier's constructor arguments (classifier_settings).
+    workers: Ray actors, each holding one model and detector on one CPU, spread over the cluster's nodes.
+    address: see connect(). classifier: the callable class (a subclass, in tests).
+    """
+    if batch_size < 1:
+        raise FERError(f"batch size must be at least 1, not {batch_size}")
+    if not images:
+        return
+    pa, _ = _import_pyarrow()
+    # Blocks of a few batches; for a small job, smaller ones so that every worker gets some.
+    per_block = max(-(-len(images) // MAX_BLOCKS), min(batch_size * BATCHES_PER_BLOCK, -(-len(images) // (2 * workers))))
+    blocks = _blocks(pa, images, per_block)
+    with connect(address, num_cpus=workers) as ray, _quiet_ray_data(ray):
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(classifier, fn_constructor_kwargs=dict(settings, batch_size=batch_size),
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=min(workers, len(blocks))), num_cpus=1,
+                            ray_remote_args_fn=_retries)
+        pending, following = {}, 0         # results that came early, by index; the next index to yield
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for i, blob in zip(batch["index"].tolist(), batch["result"]):
+                    if i >= following and i not in pending:       # a retried block's second copy is dropped
+                        r = pickle.loads(blob)
+                        r.source, r.index = images[i], i          # the path as given, not the absolute one
+                        pending[i] = r
+                while following in pending:
+                    yield pending.pop(following)
+                    following += 1
+        except ray.exceptions.RayError as e:
+            raise FERError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
+        if following != len(images):
+            raise FERError(f"the Ray job returned {following} of {len(images)} results")
+
+
+# ------------------------------------------------------------------------------------------------ Parquet
+
+def is_parquet(path) -> bool:
+    return path is not None and str(path).lower().endswith(".parquet")
+
+
+def check_parquet_output(path, resume: bool = False, overwrite: bool = False) -> bool:
+    """writers.check_output's rules for a .parquet file, which cannot be resumed (its footer comes last)."""
+    path = Path(path)
+    if resume:
+        raise FERError(f"--resume: a .parquet output ({path}) is written whole at the end and cannot be "
+                       "continued; use a .jsonl or .csv --output to resume, or --overwrite")
+    if path.is_symlink():
+        raise FERError(f"output {path} is a symbolic link: results are never written through or over a link "
+                       "(give the file itself, or another --output)")
+    if os.path.lexists(path) and not path.is_file():
+        raise FERError(f"output {path} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise FERError(f"cannot write output {path}: folder {path.parent} does not exist")
+    if path.is_file() and not overwrite:
+        raise FERError(f"output {path} already exists: pass --overwrite to replace it")
+    _import_pyarrow()
+    return False
+
+
+class ParquetWriter:
+    """Results to one Parquet file, in input order: the columns of results.table_columns (one row per face,
+    as the .csv), plus `embedding` (a list of floats) with embedding=True. Merged, not one file per Ray block:
+    the driver writes it, so it is one file whatever the engine, in the order of the images, readable with
+    pandas.read_parquet. Row groups of `row_group` faces; the file appears (atomically, with its
+    `.meta.json` provenance) only when the run ends: a run cut short leaves nothing half-written.
+    ResultWriter's interface, for inference.py."""
+
+    def __init__(self, path, class_names, meta: dict, embedding: bool = False, resume: bool = False,
+                 overwrite: bool = False, row_group: int = 65_536):
+        pa, pq = _import_pyarrow()
+        check_parquet_output(path, resume, overwrite)
+        self.path, self.class_names, self.embedding = Path(path), list(class_names), embedding
+        self.meta = dict(meta, embedding=bool(embedding))
+        self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0
+        self.columns = table_columns(self.class_names)
+        kinds = {"source": pa.string(), "top_emotion": pa.string(), "error": pa.string(), "time": pa.float64(),
+                 "score": pa.float64(), "confidence": pa.float64(), **{c: pa.float64() for c in self.class_names}}
+        fields = [pa.field(c, kinds.get(c, pa.int64())) for c in self.columns]
+        if embedding:
+            fields.append(pa.field("embedding", pa.list_(pa.float32())))
+        self.schema, self._pa, self._rows, self._row_group = pa.schema(fields), pa, [], row_group
+        self._stack = ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path, ".parquet"))
+        self._writer = pq.ParquetWriter(str(tmp), self.schema)
+
+    def write(self, result: Result) -> None:
+        rows = table_rows(result, self.class_names)
+        if self.embedding:
+            embeddings = [None if f.embedding is None else np.asarray(f.embedding, np.float32).tolist()
+                          for f in result.faces] or [None]
+            rows = [row + [e] for row, e in zip(rows, embeddings)]
+        self._rows += rows
+        if len(self._rows) >= self._row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            names = self.schema.names
+            data = {n: [row[k] for row in self._rows] for k, n in enumerate(names)}
+            self._writer.write_table(self._pa.table(data, schema=self.schema))
+            self._rows = []
+
+    def close(self, exc=(None, None, None)) -> None:
+        if self._writer is None:
+            return
+        try:
+            if exc[0] is None:
+                self._flush()
+            self._writer.close()
+            if exc[0] is None:
+                write_json(meta_path(self.path), self.meta)
+        except BaseException as e:
+            exc = (type(e), e, e.__traceback__)
+            raise
+        finally:
+            self._writer = None
+            self._stack.__exit__(*exc)              # renames onto path, or (after an error) removes the temp file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(exc)
