@@ -27,8 +27,8 @@ import numpy as np
 from .errors import FERError
 from .detection import crop_faces
 from .device import cpu_count
-from .files import IMAGE_EXTENSIONS
-from .preprocess import read_image
+from .files import IMAGE_EXTENSIONS, is_image_name
+from .preprocess import read_image, small_input
 from .results import UNREADABLE, Result, make_result
 
 # Faces per forward pass. The int8 48x48 model runs 0.39 ms/face from batch 8 to 256 on one core; 64 keeps
@@ -41,10 +41,6 @@ _PREFETCH_PER_WORKER = 2
 def default_workers() -> int:
     """Worker threads for reading, detecting and classifying: one per core, at most 8."""
     return min(8, cpu_count())
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _is_file_or_link(entry) -> bool:
@@ -67,7 +63,7 @@ def _folder_images(folder: str, recursive: bool) -> list[str]:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise FERError(f"cannot read folder {current} ({e.strerror})") from None
-        found += [os.path.join(current, e.name) for e in entries if _is_image(e.name) and _is_file_or_link(e)]
+        found += [os.path.join(current, e.name) for e in entries if is_image_name(e.name) and _is_file_or_link(e)]
         if recursive:
             subfolders = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
             stack += reversed(subfolders)      # popped in name order
@@ -163,9 +159,8 @@ def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAU
     if batch_size < 1:
         raise FERError(f"batch size must be at least 1, not {batch_size}")
     workers = workers or default_workers()
-    h, w = predictor.preprocessing["input_size"]
     # Big models use every core for one forward pass already: running two at once would only thrash.
-    classify_lock = threading.Lock() if h * w > 64 * 64 else None
+    classify_lock = None if small_input(predictor.preprocessing) else threading.Lock()
     local = threading.local()
     is_instance = detector is not None and not isinstance(detector, type) and hasattr(detector, "detect")
     shared, detect_lock = (detector, threading.Lock()) if is_instance else (None, None)

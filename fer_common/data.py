@@ -13,15 +13,11 @@ import torch
 from tqdm import tqdm
 
 from .errors import FERError
-from .files import IMAGE_EXTENSIONS, check_class_folder_name
+from .files import is_image_name, check_class_folder_name
 from .labels import MIN_CLASSES, class_name
 from .device import cpu_count
 from .preprocess import read_image, resize
 
-
-
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def find_classes(root) -> tuple[list[str], list[Path]]:
@@ -40,7 +36,7 @@ def find_classes(root) -> tuple[list[str], list[Path]]:
         if name in folder_of:
             raise FERError(f"{folder_of[name]} and {folder} are both the class {name}: merge them into one folder")
         folder_of[name] = folder
-        if not any(f.is_file() and is_image(f) for f in folder.iterdir()):
+        if not any(f.is_file() and is_image_name(f.name) for f in folder.iterdir()):
             raise FERError(f"class folder {folder} has no images")
     # Sorted by class name, as ImageFolder sorts its folder names.
     names = sorted(folder_of)
@@ -57,7 +53,7 @@ def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple
                        f"{', '.join(class_names)}" + (f"; missing: {', '.join(missing)}" if missing else "")
                        + (f"; not in training: {', '.join(extra)}" if extra else ""))
     samples = [(f, label) for label, folder in enumerate(folders)
-               for f in sorted(folder.iterdir()) if f.is_file() and is_image(f)]
+               for f in sorted(folder.iterdir()) if f.is_file() and is_image_name(f.name)]
     return samples, names
 
 

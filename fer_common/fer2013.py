@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import FERError
-from .files import IMAGE_EXTENSIONS
+from .files import is_image_name
 from .labels import EMOTIONS, canonical_name, sort_splits
 
 
@@ -62,10 +62,6 @@ class ImportResult:
 
     def plain_counts(self) -> dict[str, dict[str, int]]:
         return {split: {e: self.counts[split][e] for e in EMOTIONS} for split in sort_splits(self.counts)}
-
-
-def is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 # ---------------------------------------------------------------- Kaggle layout (folder, zip, tar)

@@ -25,6 +25,13 @@ VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv"}
 MAX_IMAGE_PIXELS = 1 << 26      # 67 M pixels (8192 x 8192), 200 MB as BGR
 
 
+def is_image_name(name) -> bool:
+    """Whether a file is an image by its name, for every reader (data sets, folders to classify, archives):
+    one of IMAGE_EXTENSIONS, and not hidden (.DS_Store, macOS's ._IMG.jpg copies, editors' temporary files)."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
 @functools.lru_cache(maxsize=None)
 def writable_image_extension(suffix: str) -> bool:
     """True if this OpenCV build encodes a colour image as `suffix` (.pbm is black-and-white only, ...)."""
@@ -57,14 +64,6 @@ def image_header_size(data) -> tuple[int, int] | None:
                 return im.size
     except Exception:   # Pillow does not know the format, or the header is damaged: OpenCV decides
         return None
-
-
-def check_image_size(data, what="image") -> None:
-    """Refuse an image whose header claims more than MAX_IMAGE_PIXELS pixels, before decoding a byte of it."""
-    size = image_header_size(data)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise FERError(f"{what} claims {size[0]} x {size[1]} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                       f"this toolkit decodes (a damaged or hostile file?)")
 
 
 def write_image(path, image, params=()) -> None:

@@ -21,7 +21,7 @@ from .device import set_cpu_threads
 from .errors import FERError
 from .metrics import softmax
 from .model_info import MODEL_TYPES, parse_onnx_metadata, read_metadata_props, temperature_of
-from .preprocess import prepare_batch
+from .preprocess import prepare_batch, small_input
 from .runtime import PROVIDERS, make_session
 from .shipped import SHIPPED_MODELS_DIR
 
@@ -97,8 +97,7 @@ class Predictor:
     @property
     def small(self) -> bool:
         """A model too small to split across cores (the 48x48 CNN): one thread runs it fastest."""
-        h, w = self.preprocessing["input_size"]
-        return h * w <= 64 * 64
+        return small_input(self.preprocessing)
 
     def with_temperature(self, temperature: float) -> "Predictor":
         """The same loaded model with another softmax temperature (1.0: the raw, uncalibrated probabilities)."""
@@ -225,8 +224,8 @@ class Ensemble:
 def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, fast: bool = False) -> list[Path]:
     """Where a model is looked for without --checkpoint, in order: what training writes here, then the shipped one.
 
-    fast: for live video, prefer the shipped int8 ONNX model (4x faster per face on a CPU, 0.2 points less
-    accurate on FER-2013; see models/README.md) over the fp32 one.
+    fast: prefer the shipped int8 ONNX model (4x faster per face on a CPU, as accurate on PublicTest as the fp32
+    one: models/README.md) over the fp32 one, as inference.py and real_time_video.py do.
     """
     ext = ".onnx" if use_onnx else ".pth"
     candidates = [Path(cwd or ".") / f"{MODEL_STEMS[model_type]}{ext}"]

@@ -60,6 +60,13 @@ def to_channels(image: np.ndarray, channels: int, bgr: bool = True) -> np.ndarra
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
 
 
+def small_input(prep: dict) -> bool:
+    """A model input too small to split across cores (the 48x48 CNN): one thread runs it fastest, and several
+    such forward passes may run side by side (benchmarks/README.md)."""
+    h, w = prep["input_size"]
+    return h * w <= 64 * 64
+
+
 def resize(image: np.ndarray, size) -> np.ndarray:
     """Resize to (H, W): area averaging when shrinking (no aliasing), bilinear when enlarging."""
     h, w = size
@@ -109,9 +116,16 @@ def normalize(images: torch.Tensor, prep: dict) -> torch.Tensor:
     x = images.float().div_(255.0)
     if tuple(x.shape[-2:]) != tuple(prep["input_size"]):
         x = F.interpolate(x, size=tuple(prep["input_size"]), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(prep["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(prep["std"], device=x.device).view(1, -1, 1, 1)
+    mean, std = mean_std(prep, x.device)
     return (x - mean) / std
+
+
+def mean_std(prep: dict, device) -> tuple:
+    """A preprocessing config's mean and std as 1 x C x 1 x 1 tensors on `device` (the [0, 1] scale)."""
+    import torch
+
+    return (torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1),
+            torch.tensor(prep["std"], device=device).view(1, -1, 1, 1))
 
 
 def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None = None,
@@ -146,6 +160,5 @@ def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None 
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * gain + mean + (rand(n, 1, 1, 1) * 2 - 1) * brightness * 0.5
     x = x.clamp_(0, 1)
-    m = torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1)
-    s = torch.tensor(prep["std"], device=device).view(1, -1, 1, 1)
-    return (x - m) / s
+    mean, std = mean_std(prep, device)
+    return (x - mean) / std

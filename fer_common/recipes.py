@@ -7,6 +7,7 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import FERError
+from .preprocess import mean_std
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,8 +71,8 @@ class Teachers:
                 raise FERError(f"teacher {path} takes {ckpt['preprocessing']['channels']}-channel images, "
                                f"the student {student_prep['channels']}-channel ones")
             self.models.append(model_from_checkpoint(ckpt, path).to(device).eval())
-            self.preps.append((tuple(ckpt["preprocessing"]["input_size"]), *_mean_std(ckpt["preprocessing"], device)))
-        self.student_mean, self.student_std = _mean_std(student_prep, device)
+            self.preps.append((tuple(ckpt["preprocessing"]["input_size"]), *mean_std(ckpt["preprocessing"], device)))
+        self.student_mean, self.student_std = mean_std(student_prep, device)
 
     def soft_targets(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the teachers' softmax(logits / T) for the student's normalised batch x."""
@@ -88,12 +89,6 @@ class Teachers:
             logits, _ = model(((t - mean) / std).contiguous(memory_format=torch.channels_last))
             total = total + torch.softmax(logits.float() / self.temperature, dim=1)
         return total / len(self.models)
-
-
-def _mean_std(prep: dict, device) -> tuple:
-    """A preprocessing config's mean and std as 1 x C x 1 x 1 tensors on `device`."""
-    return (torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1),
-            torch.tensor(prep["std"], device=device).view(1, -1, 1, 1))
 
 
 def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .device import cpu_count, cuda_available
 from .errors import FERError
+from .preprocess import small_input
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -65,8 +66,7 @@ def make_session(path, provider: str = "cpu", device: str = "auto", preprocessin
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is None:
-        small = preprocessing is not None and preprocessing["input_size"][0] * preprocessing["input_size"][1] <= 64 * 64
-        threads = 1 if small else cpu_count()
+        threads = 1 if preprocessing is not None and small_input(preprocessing) else cpu_count()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if not spin:

@@ -15,8 +15,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import FERError
-from .files import check_class_folder_name, check_outside, make_temp_dir, os_error_text, printable, replace_dir, write_json
-from .fer2013 import is_image_name
+from .files import (check_class_folder_name, check_outside, is_image_name, make_temp_dir, os_error_text, printable,
+                    replace_dir, write_json)
 from .labels import EMOTIONS, MIN_CLASSES, class_name
 
 MODES = ("copy", "hardlink", "symlink")
