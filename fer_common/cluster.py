@@ -16,8 +16,9 @@ Inputs are paths every worker can open: a folder on this machine (one-node clust
 mounts at the same path (NFS, a cloud bucket mounted with s3fs/gcsfuse). Paths are sent as absolute paths; the
 results keep the paths as given. Object-store URIs (s3://...) are not read directly: mount the bucket.
 
-Fault tolerance is Ray's: a worker that dies (killed, out of memory, a lost node) is restarted and its block
-of images is run again (at most MAX_TASK_RETRIES times); the driver keeps one result per image, so the
+Fault tolerance is Ray Data's: a worker that dies (killed, out of memory, a lost node) is restarted and its
+block of images run again (its defaults for a pool of actors: max_restarts=-1, max_task_retries=-1, kept
+because Ray 2.60 deprecates both ways of changing them); the driver keeps one result per image, so the
 output holds every image once. An unreadable image is a Result with `error`, as locally.
 
 Ray is optional (pip install 'fer-toolkit[cluster]'); it and pyarrow are imported only when used.
@@ -40,9 +41,6 @@ from .results import Result, table_columns, table_rows
 from .writers import meta_path
 
 INSTALL = "pip install 'fer-toolkit[cluster]'"
-# A batch that kills its worker this many times more is a poison batch (an image that crashes the decoder):
-# the run stops with an error instead of retrying forever.
-MAX_TASK_RETRIES = 3
 # Batches per Ray block: a block is what one task runs and what a dead worker's retry runs again.
 BATCHES_PER_BLOCK = 4
 # At most this many blocks: past it, blocks grow (driver-side bookkeeping stays small for 10^7 images).
@@ -127,7 +125,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     local = address in (None, "", "none", "local")
     try:
         ray.init(address="local" if local else address, num_cpus=num_cpus if local else None,
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as e:
         raise FERError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0][:160]}); start one "
                        "with `ray start --head`, or leave --address out for a new local one") from None
@@ -153,12 +151,6 @@ def _quiet_ray_data(ray):
         logger.setLevel(saved[1])
 
 
-def _retries() -> dict:
-    """The workers' remote arguments: a dead worker is restarted as often as needed; a batch runs again at most
-    MAX_TASK_RETRIES times."""
-    return {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
-
-
 def _blocks(pa, images: list, per_block: int) -> list:
     absolute = [os.path.abspath(p) for p in images]
     return [pa.table({"path": absolute[s:s + per_block], "index": np.arange(s, min(s + per_block, len(images)))})
@@ -178,15 +170,16 @@ def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BAT
     if not images:
         return
     pa, _ = _import_pyarrow()
-    # Blocks of a few batches; for a small job, smaller ones so that every worker gets some.
-    per_block = max(-(-len(images) // MAX_BLOCKS), min(batch_size * BATCHES_PER_BLOCK, -(-len(images) // (2 * workers))))
+    # Blocks of whole batches (Ray Data would merge smaller blocks up to one batch), a few per block; for a small
+    # job fewer, so that every worker gets some; for a huge one more, to bound the number of blocks.
+    batches = max(1, min(BATCHES_PER_BLOCK, -(-len(images) // (2 * workers * batch_size))))
+    per_block = max(batch_size * batches, -(-len(images) // MAX_BLOCKS))
     blocks = _blocks(pa, images, per_block)
     with connect(address, num_cpus=workers) as ray, _quiet_ray_data(ray):
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(classifier, fn_constructor_kwargs=dict(settings, batch_size=batch_size),
                             batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=min(workers, len(blocks))), num_cpus=1,
-                            ray_remote_args_fn=_retries)
+                            compute=ray.data.ActorPoolStrategy(size=min(workers, len(blocks))), num_cpus=1)
         pending, following = {}, 0         # results that came early, by index; the next index to yield
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
