@@ -22,10 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_common.bulk import ImageResult, image_record, iter_results, list_images
+from fer_common.bulk import iter_results, list_images
 from fer_common.detection import FaceDetector
 from fer_common.predictor import Predictor
 from fer_common.preprocess import read_image
+from fer_common.results import make_result
 
 from .bench_models import default_model_files
 from .common import REPO, fmt, table, torch_threads
@@ -121,11 +122,11 @@ def before_loop(predictor, images: list) -> tuple:
 def _before_loop(predictor, images: list) -> tuple:
     t0, c0 = time.perf_counter(), time.process_time()
     for path in images:
-        frame = cv2.cvtColor(read_image(path, 3), cv2.COLOR_RGB2BGR)
+        frame = read_image(path, 3, bgr=True)
         p = predictor([frame])
-        r = ImageResult(0, path, np.array([[0, 0, frame.shape[1], frame.shape[0]]], np.int32), p.probabilities,
-                        p.embeddings)
-        json.dumps(image_record(r, predictor.class_names))
+        r = make_result(path, predictor.class_names, [[0, 0, frame.shape[1], frame.shape[0]]], p.probabilities,
+                        p.embeddings, size=(frame.shape[1], frame.shape[0]))
+        r.to_json(embedding=False)
     return len(images) / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / len(images)
 
 
@@ -135,7 +136,7 @@ def stage_times(predictor, images: list, detector, batch_size: int, workers: int
     t0 = time.perf_counter()
     for r in iter_results(predictor, images, detector, batch_size, workers, timings):
         t1 = time.perf_counter()
-        json.dumps(image_record(r, predictor.class_names), separators=(",", ":"))
+        r.to_json(embedding=False)
         write += time.perf_counter() - t1
         n += 1
     wall = time.perf_counter() - t0

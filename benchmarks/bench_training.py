@@ -17,7 +17,7 @@ from fer_common import data as fdata
 from fer_common.device import amp_dtype, grad_scaler
 from fer_common.labels import EMOTIONS
 from fer_common.models import FERNet, default_preprocessing
-from fer_common.training import train_one_epoch
+from fer_common.training import EpochOptions, train_one_epoch
 
 from .common import cpu_cores, fmt, table, torch_threads
 
@@ -53,7 +53,7 @@ def epochs_per_second(loader, images: int, epochs: int, amp_mode: str) -> dict:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         t0 = time.perf_counter()
-        train_one_epoch(model, loader, optimizer, loss_fn, device, prep, amp, scaler, quiet=True)
+        train_one_epoch(model, loader, EpochOptions(optimizer, loss_fn, device, prep, amp, scaler), quiet=True)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times[1:])
     return {"images_per_s": images / median, "epoch_s": median, "epochs": epochs}

@@ -9,7 +9,6 @@ emotion never changes (dividing by T keeps the order of the logits).
     probabilities = softmax(logits / T)                 # what the Predictor returns
 """
 
-import json
 from pathlib import Path
 
 import cv2
@@ -19,11 +18,11 @@ import torch
 from .bulk import iter_results
 from .results import probability_matrix
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import make_parser, run_main
 from .data import list_samples
 from .errors import FERError
-from .files import atomic_path, check_writable, write_image
+from .files import atomic_path, check_outside, check_writable, strict_json, write_image
 from .metrics import softmax
+from .model_info import set_metadata
 from .predictor import Predictor
 
 BINS = 15
@@ -130,6 +129,7 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
     model_path, output = Path(model_path), Path(output)
     check_writable(output, "calibrated model", overwrite=overwrite)
+    check_outside({"--output": output}, {"--data": data})
     if output.suffix.lower() != model_path.suffix.lower():
         raise FERError(f"{output} must have the same extension as {model_path}")
     predictor = Predictor(model_path, device="cpu")
@@ -150,11 +150,7 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     if model_path.suffix.lower() == ".onnx":
         import onnx
         proto = onnx.load(str(model_path))
-        props = {p.key: p.value for p in proto.metadata_props}
-        props["calibration"] = json.dumps(result)
-        del proto.metadata_props[:]
-        for key, value in props.items():
-            proto.metadata_props.add(key=key, value=value)
+        set_metadata(proto, {**{p.key: p.value for p in proto.metadata_props}, "calibration": strict_json(result)})
         with atomic_path(output, suffix=".onnx") as tmp:
             onnx.save(proto, str(tmp))
     else:
@@ -164,22 +160,8 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     return result
 
 
-def main(argv=None):
-    parser = make_parser("Fit a trained model's temperature on a folder data set (its validation split) and save it.\n\n"
-                         "    python -m fer_common.calibration fer_model.pth --data dataset/val_new "
-                         "--output fer_model.calibrated.pth")
-    parser.add_argument("model", help="a .pth checkpoint or .onnx file of this toolkit")
-    parser.add_argument("--data", default="dataset/val_new", help="folder with one sub-folder of images per class")
-    parser.add_argument("--output", required=True, help="where the calibrated model goes (same extension)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (it may be the model)")
+if __name__ == "__main__":       # the command before `fer calibrate`: python -m fer_common.calibration
+    from .cli import run_main
+    from .commands.calibrate import get_args_parser, main
 
-    def run(args):
-        r = calibrate_file(args.model, args.data, args.output, args.overwrite)
-        print(f"temperature {r['temperature']:.3f} on {r['images']} images of {args.data}: expected calibration "
-              f"error {r['ece_before'] * 100:.2f}% -> {r['ece_after'] * 100:.2f}%; saved {args.output}")
-
-    run_main(run, parser, argv)
-
-
-if __name__ == "__main__":
-    main()
+    run_main(main, get_args_parser())

@@ -222,8 +222,9 @@ def quiet_native_logs() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")      # AV_LOG_QUIET, read when a capture opens
     cv2 = sys.modules.get("cv2")
     if cv2 is not None and os.environ["OPENCV_LOG_LEVEL"].upper() == "SILENT":
+        # The variable is read when OpenCV loads, which the scripts' imports have done already.
         with contextlib.suppress(AttributeError):
-            cv2.setLogLevel(0)          # 0: silent
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:

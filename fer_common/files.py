@@ -20,7 +20,7 @@ from .errors import FERError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                     ".pbm", ".pnm", ".sr", ".ras", ".jp2", ".hdr", ".pic", ".avif", ".gif"}
 # Video containers the video writer has a codec for (see video.FOURCCS).
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv"}
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm"}
 # Decoding a header that claims 60000 x 60000 pixels would take 10 GB: refuse images above this many pixels.
 MAX_IMAGE_PIXELS = 1 << 26      # 67 M pixels (8192 x 8192), 200 MB as BGR
 
@@ -199,9 +199,14 @@ def save_torch(obj, path) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        # Through a Python file, so a full disk is an OSError (torch's own writer raises a RuntimeError).
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as e:
+            # torch's writer wraps a failed write (a full disk) in a RuntimeError: the OSError is the problem.
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def check_writable(path, what: str = "output", overwrite: bool = False) -> Path:

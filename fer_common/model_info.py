@@ -145,3 +145,11 @@ def read_metadata_props(path) -> dict:
         except (ValueError, UnicodeDecodeError):
             raise FERError(f"{path} is not a readable ONNX file") from None
     return props
+
+
+def set_metadata(proto, props: dict) -> None:
+    """Replace an ONNX ModelProto's metadata_props with `props` (str -> str): the one place a model file's
+    metadata is written (export, calibration, quantization)."""
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=str(value))

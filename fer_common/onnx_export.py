@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .errors import FERError
-from .model_info import parse_onnx_metadata
+from .model_info import parse_onnx_metadata, set_metadata
 from .files import atomic_path, strict_json
 
 LOGITS_TOLERANCE = 1e-4
@@ -50,9 +50,7 @@ def export_onnx(model: torch.nn.Module, path, model_type: str, class_names, prep
                 "preprocessing": strict_json(preprocessing), "producer": "fer_common"}
         if calibration:
             meta["calibration"] = strict_json(calibration)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            proto.metadata_props.add(key=key, value=value)
+        set_metadata(proto, meta)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         logits, embedding = _run_onnxruntime(tmp, sample.numpy())
@@ -125,38 +123,8 @@ def check_graph(proto, path, info: dict) -> None:
                        f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")
 
 
-def get_args_parser():
-    from . import cli
-
-    parser = cli.make_parser("Export a checkpoint of this toolkit to ONNX (the training scripts do this at the end of "
-                             "a run; this re-exports any checkpoint, its calibration included).\n\n"
-                             "    python -m fer_common.onnx_export fer_model.pth fer_model.onnx")
-    parser.add_argument("checkpoint", type=cli.existing_file, help="a .pth checkpoint written by this toolkit")
-    parser.add_argument("output", type=cli.output_file(".onnx"), help="the ONNX file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    return parser
-
-
-def main(args):
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .files import check_output_files
-
-    check_output_files({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except FERError as e:
-        # load_checkpoint's hint names training's --model_type, which this command does not have.
-        if "--model_type" not in str(e):
-            raise
-        raise FERError(f"{args.checkpoint} holds bare weights with no model type, class names or preprocessing: "
-                       f"export a checkpoint written by this toolkit's training scripts") from None
-    model = model_from_checkpoint(ckpt, args.checkpoint)
-    export_onnx(model, args.output, ckpt["model_type"], ckpt["class_names"], ckpt["preprocessing"],
-                calibration=ckpt.get("calibration"))
-    print(f"ONNX model -> {args.output}")
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":       # the command before `fer export`: python -m fer_common.onnx_export
     from .cli import run_main
+    from .commands.export import get_args_parser, main
 
     run_main(main, get_args_parser())

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli
 from .errors import FERError
 from .files import atomic_path, strict_json
+from .model_info import set_metadata
 from .onnx_export import read_onnx_metadata
 from .preprocess import prepare_batch
 from .runtime import make_session
@@ -111,9 +111,7 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
         source_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
         source_meta["quantization"] = strict_json({"method": chosen, "weights": "int8",
                                                   "agreement_with_fp32": round(candidates[chosen]["agreement"], 4)})
-        del proto.metadata_props[:]
-        for key, value in source_meta.items():
-            proto.metadata_props.add(key=key, value=value)
+        set_metadata(proto, source_meta)
         with atomic_path(dst, suffix=".onnx") as out:
             onnx.save(proto, str(out))
     for c in candidates.values():
@@ -193,31 +191,8 @@ def calibration_crops(folder, n: int = MAX_CALIBRATION_IMAGES, seed: int = 0) ->
     return [im[0].numpy() for im in images]
 
 
-def get_args_parser():
-    from .cli import make_parser
-
-    parser = make_parser("Quantize a default-model ONNX file to int8.\n\n"
-                         "    python -m fer_common.quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new")
-    parser.add_argument("src", type=cli.existing_file, help="fp32 ONNX file exported by the training scripts")
-    parser.add_argument("dst", type=cli.output_file(".onnx"), help="int8 ONNX file to write")
-    parser.add_argument("--calibration", metavar="FOLDER", type=cli.existing_dir,
-                        help="image-folder data set of face crops to calibrate on (without it: dynamic quantization)")
-    parser.add_argument("--images", type=cli.positive_int, default=MAX_CALIBRATION_IMAGES, help="calibration crops to use")
-    parser.add_argument("--method", choices=["auto", "static", "dynamic"], default="auto", help="quantization method")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dst")
-    return parser
-
-
-def main(args):
-    from .files import check_output_files
-
-    check_output_files({"dst": args.dst}, args.overwrite, inputs={"src": args.src})
-    crops = calibration_crops(args.calibration, args.images) if args.calibration else None
-    info = quantize_onnx(args.src, args.dst, crops, method=args.method)
-    print(f"int8 model ({info['method']}) -> {args.dst}")
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":       # the command before `fer quantize`: python -m fer_common.quantize
     from .cli import run_main
+    from .commands.quantize import get_args_parser, main
 
     run_main(main, get_args_parser())

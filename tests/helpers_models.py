@@ -52,10 +52,9 @@ def shared_models(tmp_path_factory) -> Path:
 def train_briefly(model, data_dir, epochs: int = 15, **train_kwargs):
     """Train `model` in memory on data_dir/train_new for a few epochs; (loss before, loss after, preds, targets).
 
-    train_kwargs go to training.train_one_epoch (ema, mixup, teachers, ...)."""
+    train_kwargs go to training.EpochOptions (ema, mixup, teachers, ...)."""
     from fer_common.data import MemoryLoader, list_samples, load_into_memory
-    from fer_common.device import grad_scaler
-    from fer_common.training import evaluate, train_one_epoch
+    from fer_common.training import EpochOptions, evaluate, train_one_epoch
 
     prep = default_preprocessing("default")
     samples, _ = list_samples(data_dir / "train_new")
@@ -64,10 +63,10 @@ def train_briefly(model, data_dir, epochs: int = 15, **train_kwargs):
     eval_loader = MemoryLoader(images, labels, 64, shuffle=False)
     device = torch.device("cpu")
     before, _, _, _ = evaluate(model, eval_loader, device, prep, quiet=True)
-    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    opts = EpochOptions(torch.optim.AdamW(model.parameters(), 3e-3), torch.nn.CrossEntropyLoss(), device, prep,
+                        **train_kwargs)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        train_one_epoch(model, loader, opt, torch.nn.CrossEntropyLoss(), device, prep, None, grad_scaler(device, None),
-                        quiet=True, **train_kwargs)
+        train_one_epoch(model, loader, opts, quiet=True)
     after, _, preds, targets = evaluate(model, eval_loader, device, prep, quiet=True)
     return before, after, preds, targets

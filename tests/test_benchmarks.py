@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,7 @@ def test_quantize_onnx_keeps_metadata_and_outputs(tmp_path):
 def test_quantize_onnx_refuses_the_advanced_model(tmp_path, monkeypatch):
     import fer_common.quantize as quantize
 
+    shutil.copy(REPO / "models" / "fer_model.onnx", tmp_path / "a.onnx")      # an fp32 file: not quantized yet
     monkeypatch.setattr(quantize, "read_onnx_metadata", lambda path: {"model_type": "advanced",
                                                                       "preprocessing": {}, "class_names": []})
     with pytest.raises(FERError, match="int8 quantization is for the default CNN"):

@@ -249,9 +249,8 @@ def _fill_disk(monkeypatch, what: str):
 
 
 @pytest.mark.parametrize("what", [
-    # torch.save turns the file's OSError into a RuntimeError (its __context__): files.save_torch must say it in words.
-    pytest.param("checkpoint", marks=pytest.mark.xfail(reason="files.save_torch lets torch's RuntimeError through")),
-    "history"])
+    # torch.save turns the file's OSError into a RuntimeError (its __context__): files.save_torch says it in words.
+    "checkpoint", "history"])
 def test_full_disk_while_training_is_one_error_line_and_no_partial_file(tiny_data, tmp_path, monkeypatch, capsys, what):
     import fine_tuning
 

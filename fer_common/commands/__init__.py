@@ -14,9 +14,9 @@ COMMANDS = {
     "train": ("commands.train", "fine_tuning.py", "train the default 48x48 CNN"),
     "train-advanced": ("commands.train_advanced", "advanced_fine_tuning.py", "fine-tune the advanced Swin model"),
     "pretrained": ("commands.pretrained", "advanced_pretrained.py", "build and export the advanced model"),
-    "export": ("onnx_export", None, "export a .pth checkpoint to ONNX"),
-    "calibrate": ("calibration", None, "fit a model's confidence (temperature) on a data set"),
-    "quantize": ("quantize", None, "int8 quantization of an ONNX model"),
+    "export": ("commands.export", None, "export a .pth checkpoint to ONNX"),
+    "calibrate": ("commands.calibrate", None, "fit a model's confidence (temperature) on a data set"),
+    "quantize": ("commands.quantize", None, "int8 quantization of an ONNX model"),
     "web": ("web", None, "serve the in-browser page on localhost"),
 }
 ALIASES = {"analyze": "analyse"}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..bulk import DEFAULT_BATCH_SIZE, Tally, default_workers, iter_results, list_images
 from ..cli import image_output, make_parser, output_file, positive_int
-from ..cluster import (ParquetWriter, check_parquet_output, classifier_settings, detector_settings, import_ray,
+from ..cluster import (ParquetWriter, check_parquet_output, classifier_settings, detector_settings, init_ray,
                        is_parquet, iter_results_ray)
 from ..detection import add_detector_args, detector_from_args
 from ..errors import FERError
@@ -159,7 +159,7 @@ def main(args):
     images = list_images(args.images, args.recursive)
     annotated = check_paths(args, images)
     if args.engine == "ray":
-        import_ray()                                # without Ray: one line saying what to install, before any work
+        init_ray(args.address, args.workers)        # before any output: no Ray, or no cluster there, is one line
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
     predictor = predictor_from_args(args, log=log, fast=True)     # int8: 4x faster per face, same accuracy
     predictor.set_threads()
