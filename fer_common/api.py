@@ -128,18 +128,16 @@ class FER:
         """A Result for each frame of a video file (path) or webcam (int, 0 and up), as real_time_video.py sees
         them: detection every `detect_every` frames with tracking between, probabilities smoothed per face
         (`smooth` = 0 turns it off). Each Face has its track id, the same for a face across frames."""
-        from .video import analyse_video
+        from .video import analyse_video, to_result
 
         if self.detector is None:
             raise FERError("video analysis needs a face detector: FER(detector='yunet')")
-        name = f"camera {source}" if isinstance(source, int) else str(source)
         # A detector of its own: the pipeline runs it on a thread while this object may serve other threads.
         frames = analyse_video(source, self.predictor, FaceDetector(self.detector.kind), detect_every=detect_every,
                                smooth=smooth, max_frames=max_frames)
+        name = f"camera {source}" if isinstance(source, int) else str(source)
         for frame, r in frames:
-            yield make_result(name, self.class_names, r.boxes, r.probabilities, r.embeddings, track_ids=r.ids,
-                              size=(frame.shape[1], frame.shape[0]), frame=r.index, time=r.time,
-                              no_face_error=False)
+            yield to_result(r, name, self.class_names, (frame.shape[1], frame.shape[0]))
 
     analyze_video = analyse_video
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FERError
+from .results import table_columns
 from .files import atomic_path
 
 MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed here: pip install matplotlib"
@@ -127,34 +128,37 @@ class FaceSummary:
 
 
 def summarise_csv(path) -> FaceSummary:
-    """The summary of a real_time_video.py --log_csv file (any class names: the columns after top_emotion)."""
-    from .video import LOG_COLUMNS
-
+    """The summary of a real_time_video.py --log_csv file (any class names: the columns between confidence and
+    error, as in every results table: fer_common.results.table_columns)."""
+    fixed = table_columns([])[:-1]                 # source ... confidence; then the classes, then error
+    col = {name: k for k, name in enumerate(fixed)}
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
-            fixed = len(LOG_COLUMNS)
-            if not header or header[:fixed] != LOG_COLUMNS or len(header) <= fixed:
+            if not header or header[:len(fixed)] != fixed or header[-1] != "error" or len(header) <= len(fixed) + 1:
                 raise FERError(f"{path} is not a real_time_video.py --log_csv file (expected the columns "
-                               f"{', '.join(LOG_COLUMNS)} and one per class)")
-            summary = FaceSummary(header[fixed:])
+                               f"{', '.join(fixed)}, one per class, error)")
+            summary = FaceSummary(header[len(fixed):-1])
             index = {name: k for k, name in enumerate(summary.class_names)}
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue
                 if len(row) != len(header):
                     raise FERError(f"{path} line {line}: {len(row)} columns, the header has {len(header)}")
+                if row[col["faces"]] == "0":
+                    continue                        # a frame without a face
                 try:
-                    time_s, face_id = float(row[1]), int(row[2])
-                    probabilities = [float(v) for v in row[fixed:]]
+                    time_s, face_id = float(row[col["time"]]), int(row[col["track_id"]])
+                    probabilities = [float(v) for v in row[len(fixed):-1]]
                 except ValueError:
-                    raise FERError(f"{path} line {line}: time_s, face_id or a probability is not a number") from None
+                    raise FERError(f"{path} line {line}: time, track_id or a probability is not a number") from None
                 if not np.isfinite([time_s, *probabilities]).all():
-                    raise FERError(f"{path} line {line}: time_s or a probability is not finite (NaN or infinity)")
-                if row[7] not in index:
-                    raise FERError(f"{path} line {line}: top_emotion '{row[7]}' is none of the classes in the header")
-                summary.add(face_id, time_s, probabilities, top=index[row[7]])
+                    raise FERError(f"{path} line {line}: time or a probability is not finite (NaN or infinity)")
+                top = row[col["top_emotion"]]
+                if top not in index:
+                    raise FERError(f"{path} line {line}: top_emotion '{top}' is none of the classes in the header")
+                summary.add(face_id, time_s, probabilities, top=index[top])
     except FileNotFoundError:
         raise FERError(f"log not found: {path}") from None
     except UnicodeDecodeError:

@@ -40,6 +40,7 @@ from .errors import FERError
 from .detection import crop_faces
 from .files import atomic_path
 from .overlay import Overlay
+from .results import Result, make_result, table_columns, table_rows
 from .tracking import FaceTracker
 
 # real_time_video.py's detector: one YuNet pass per frame on a copy 240 px on its shorter side (faces from
@@ -66,7 +67,6 @@ PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
                 "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
                 "libsvtav1": {"preset": "10"}}
 # The --log_csv columns before the class names (one row per face per frame); fer_common.summary reads them back.
-LOG_COLUMNS = ["frame", "time_s", "face_id", "x", "y", "w", "h", "top_emotion"]
 WINDOW_TITLE = "FER - q or Esc: quit, space: pause"
 
 
@@ -357,6 +357,7 @@ class VideoReader:
         max_frames = None if max_frames in (None, 0) else check_max_frames(max_frames)    # 0: all, as --max_frames
         self.cap, self._first = open_capture(source)
         self.live = isinstance(source, int)
+        self.name = f"camera {source}" if self.live else str(source)      # a result's source
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and np.isfinite(fps) and 0 < fps <= 240 else 30.0
         self.size = (self._first.shape[1], self._first.shape[0])
@@ -426,7 +427,14 @@ def _read_and_run(reader, pipeline):
 # A sink whose `stop` turns true (the window closed) ends the run.
 
 def csv_header(class_names) -> list[str]:
-    return [*LOG_COLUMNS, *class_names]
+    """--log_csv's columns: those of every results table (fer_common.results.table_columns)."""
+    return table_columns(class_names)
+
+
+def to_result(result: FrameResult, source: str, class_names, size) -> Result:
+    """A pipeline's FrameResult as the toolkit's one result model (a frame without a face has no error)."""
+    return make_result(source, class_names, result.boxes, result.probabilities, result.embeddings,
+                       track_ids=result.ids, size=size, frame=result.index, time=result.time, no_face_error=False)
 
 
 class Sink:
@@ -618,11 +626,12 @@ class VideoFile(Sink):
 
 
 class CsvLog(Sink):
-    """One row per face per frame: frame, time_s, face_id, x, y, w, h, top_emotion, then each class's probability.
-    A write that fails (a full disk) is a FERError, and no partial log is left."""
+    """One row per face per frame (a frame without a face: one row, faces 0), in the columns of every results
+    table (fer_common.results.table_rows: source, frame, time, ..., track_id, top_emotion, confidence, one
+    column per class, error). A write that fails (a full disk) is a FERError, and no partial log is left."""
 
-    def __init__(self, path, class_names):
-        self.path, self.class_names = Path(path), list(class_names)
+    def __init__(self, path, class_names, source: str = "video"):
+        self.path, self.class_names, self.source = Path(path), list(class_names), str(source)
         self._stack = contextlib.ExitStack()
         self.rows = None
 
@@ -639,11 +648,9 @@ class CsvLog(Sink):
         return self
 
     def write(self, frame, result, fps=None) -> None:
-        t = round(result.time, 4)
+        size = (frame.shape[1], frame.shape[0])
         try:
-            for face_id, box, probs in zip(result.ids, result.boxes, result.probabilities):
-                top = self.class_names[int(np.argmax(probs))]
-                self.rows.writerow([result.index, t, face_id, *map(int, box), top, *(f"{p:.6f}" for p in probs)])
+            self.rows.writerows(table_rows(to_result(result, self.source, self.class_names, size), self.class_names))
         except OSError as e:
             raise self._error(e) from None
 
@@ -821,7 +828,7 @@ def output_sinks(reader: VideoReader, class_names, save_output=None, log_csv=Non
     if save_output:
         sinks.append(VideoFile(save_output, reader.fps, reader.size))
     if log_csv:
-        sinks.append(CsvLog(log_csv, class_names))
+        sinks.append(CsvLog(log_csv, class_names, reader.name))
     if window is not None:
         sinks.append(window)
     return sinks

@@ -11,10 +11,15 @@ CLASSES = ["calm", "excited", "bored"]          # any label set, not only FER-20
 P = {"calm": "0.7,0.2,0.1", "excited": "0.1,0.8,0.1", "bored": "0.2,0.2,0.6"}
 
 
+def row(frame, time, track, top, probs):
+    """One face's row of a --log_csv file (fer_common.results.table_columns)."""
+    return f"v.mp4,{frame},{time},64,48,1,1,10,20,30,30,,{track},{top},0.5,{probs},"
+
+
 def write_log(path, rows, classes=CLASSES):
-    """rows: (frame, time_s, face_id, top class); probabilities follow the top class."""
+    """rows: (frame, time, track id, top class); probabilities follow the top class."""
     lines = [",".join(csv_header(classes))]
-    lines += [f"{f},{t},{i},10,20,30,30,{top},{P[top]}" for f, t, i, top in rows]
+    lines += [row(f, t, i, top, P[top]) for f, t, i, top in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -56,9 +61,9 @@ def test_results_and_their_log_give_the_same_summary(tmp_path):
 @pytest.mark.parametrize("content, expect", [
     ("name,score\nx,1\n", "not a real_time_video.py --log_csv file"),
     ("", "not a real_time_video.py --log_csv file"),
-    (",".join(csv_header(CLASSES)) + "\n0,zero,1,1,1,1,1,calm,1,0,0\n", "line 2"),
-    (",".join(csv_header(CLASSES)) + "\n0,0,1,1,1,1,1,happy,1,0,0\n", "'happy' is none of the classes"),
-    (",".join(csv_header(CLASSES)) + "\n0,0,1,1,1,1,1,calm,1,0\n", "10 columns"),
+    (",".join(csv_header(CLASSES)) + "\n" + row(0, "zero", 1, "calm", "1,0,0") + "\n", "line 2"),
+    (",".join(csv_header(CLASSES)) + "\n" + row(0, 0, 1, "happy", "1,0,0") + "\n", "'happy' is none of the classes"),
+    (",".join(csv_header(CLASSES)) + "\n" + row(0, 0, 1, "calm", "1,0") + "\n", "18 columns"),
 ])
 def test_bad_logs_are_one_clear_error(tmp_path, content, expect):
     log = tmp_path / "log.csv"
@@ -98,10 +103,10 @@ def _strict(text):
 
 
 @pytest.mark.parametrize("row, expect", [
-    ("0,inf,1,1,1,1,1,calm,1,0,0", "line 2: time_s or a probability is not finite"),
-    ("0,nan,1,1,1,1,1,calm,1,0,0", "line 2: time_s or a probability is not finite"),
-    ("0,0,1,1,1,1,1,calm,nan,0,0", "line 2: time_s or a probability is not finite"),
-    ("0,0,1,1,1,1,1,calm,1,-inf,0", "line 2: time_s or a probability is not finite"),
+    (row(0, "inf", 1, "calm", "1,0,0"), "line 2: time or a probability is not finite"),
+    (row(0, "nan", 1, "calm", "1,0,0"), "line 2: time or a probability is not finite"),
+    (row(0, 0, 1, "calm", "nan,0,0"), "line 2: time or a probability is not finite"),
+    (row(0, 0, 1, "calm", "1,-inf,0"), "line 2: time or a probability is not finite"),
 ])
 def test_non_finite_log_values_are_refused(tmp_path, row, expect):
     log = tmp_path / "log.csv"

@@ -19,6 +19,7 @@ from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
 from fer_common.overlay import Overlay
 from fer_common.summary import MATPLOTLIB_MISSING
+from fer_common.results import table_columns
 from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, FrameResult, Pacer, SceneCuts, VideoFile,
                               VideoPipeline, VideoReader, Window, analyse_video, csv_header, output_sinks,
                               pyav_encoders, run_video)
@@ -52,13 +53,15 @@ def test_script_writes_video_and_csv(models, tmp_path):
     (count, fps, w, h), frames = read_video(out)
     assert (count, frames, fps, w, h) == (80, 80, 20.0, 480, 360)
     rows = list(csv.DictReader(log.open()))
-    assert list(rows[0]) == ["frame", "time_s", "face_id", "x", "y", "w", "h", "top_emotion",
-                             "Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-    assert len(rows) == int(m[2]) >= 80                       # one row per face per frame
+    names = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
+    assert list(rows[0]) == table_columns(names)               # the columns of every results table
+    faces = [row for row in rows if row["faces"] != "0"]
+    assert len(faces) == int(m[2]) >= 80 and len({row["frame"] for row in rows}) == 80   # every frame has rows
     per_frame = {}
-    for row in rows:
-        per_frame.setdefault(int(row["frame"]), []).append(row["face_id"])
-        assert abs(sum(float(row[e]) for e in list(row)[8:]) - 1) < 1e-4
+    for row in faces:
+        per_frame.setdefault(int(row["frame"]), []).append(row["track_id"])
+        assert row["source"] == str(TEST_VIDEO) and (row["width"], row["height"]) == ("480", "360")
+        assert abs(sum(float(row[e]) for e in names) - 1) < 1e-4
     assert all(len(ids) == len(set(ids)) for ids in per_frame.values())
     assert set(per_frame) <= set(range(80)) and len(per_frame) >= 75
     assert max(len(ids) for ids in per_frame.values()) >= 2   # the two-face segment
@@ -502,7 +505,7 @@ def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
     assert all(first.isdisjoint(ids) for k, ids in drawn if k >= CUT)
     assert all(set(ids) == first for k, ids in drawn if k < CUT)
     rows = list(csv.DictReader(log.open()))
-    assert rows and all(int(r["frame"]) < CUT for r in rows if int(r["face_id"]) in first)
+    assert rows and all(int(r["frame"]) < CUT for r in rows if r["track_id"] and int(r["track_id"]) in first)
     assert {int(r["frame"]) for r in rows} == set(range(61))
     faces = json.loads(summary.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["faces"]
     for face in faces:

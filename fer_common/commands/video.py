@@ -32,7 +32,8 @@ def get_args_parser():
     g = parser.add_argument_group("Output")
     g.add_argument("--save_output", metavar="PATH", type=video_output, help="write the annotated video here (.mp4 or .avi)")
     g.add_argument("--log_csv", metavar="PATH", type=output_file(),
-                   help="CSV log: frame, time_s, face_id, x, y, w, h, top_emotion and each emotion's probability")
+                   help="CSV log, one row per face per frame, in the columns of inference.py's .csv output "
+                        "(source, frame, time, ..., track_id, top_emotion, confidence, each class, error)")
     g.add_argument("--summary", metavar="PATH", type=output_file(".json"),
                    help="per tracked face: first and last time seen, share of frames per emotion, dominant emotion (JSON)")
     g.add_argument("--plot", metavar="PATH", type=output_file(".png"),
