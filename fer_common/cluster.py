@@ -113,15 +113,18 @@ def detector_settings(args) -> dict:
 
 # ------------------------------------------------------------------------------------------------- driver
 
-@contextlib.contextmanager
-def connect(address: str | None = None, num_cpus: int | None = None):
-    """A Ray connection for one job: `auto` (the cluster `ray start` runs here), `ray://host:10001` (Ray
-    Client), `host:6379`, or None / 'none' / 'local': a new local cluster, shut down afterwards. A Ray
-    session the caller already started (ray.init) is used as it is and left running."""
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join or start the Ray cluster: `auto` (the one this machine is a node of: `ray start` ran here),
+    `HEAD:6379` (the same, named), or None / 'none' / 'local': a new local cluster (of `num_cpus` CPUs). Not
+    `ray://` (Ray Client): Ray Data's driver needs to be on a node. True if this call started the session;
+    False if one was running (used as it is). Scripts call it before writing any output, so that a wrong
+    --address fails first."""
     ray = import_ray()
     if ray.is_initialized():
-        yield ray
-        return
+        return False
+    if str(address).startswith("ray://"):
+        raise FERError(f"--address {address}: Ray Data does not run through Ray Client (ray://); run this "
+                       "command on a node of the cluster (the head node, say) with --address auto")
     local = address in (None, "", "none", "local")
     try:
         ray.init(address="local" if local else address, num_cpus=num_cpus if local else None,
@@ -129,10 +132,19 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     except ConnectionError as e:
         raise FERError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0][:160]}); start one "
                        "with `ray start --head`, or leave --address out for a new local one") from None
+    return True
+
+
+@contextlib.contextmanager
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """Ray for one job (init_ray's `address`); a session this started is shut down afterwards."""
+    ray = import_ray()
+    started = init_ray(address, num_cpus)
     try:
         yield ray
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 @contextlib.contextmanager

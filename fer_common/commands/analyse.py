@@ -54,8 +54,8 @@ def get_args_parser():
                    help="local: threads on this machine; ray: Ray Data workers on a Ray cluster (README, Bulk "
                         "inference on a cluster; pip install 'fer-toolkit[cluster]')")
     g.add_argument("--address", metavar="ADDR",
-                   help="--engine ray: the cluster: auto (the one `ray start` runs here), ray://HOST:10001, or "
-                        "none: a new local one for this run")
+                   help="--engine ray: the cluster: auto (the one this machine is a node of: `ray start` ran "
+                        "here), HEAD_IP:6379, or none: a new local one for this run")
     g.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of going on")
     add_predictor_args(parser, tta=True)
     add_detector_args(parser)
