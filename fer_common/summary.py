@@ -183,6 +183,12 @@ def _rgb(name: str) -> tuple:
     return (r / 255, g / 255, b / 255)
 
 
+def _plain(text: str) -> str:
+    """Text that matplotlib shows as written: `$` would start mathtext (a class named `$x^2$`, or an unbalanced
+    `a$b` that crashes the plot)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_summary(summary: FaceSummary, path, title: str | None = None, max_faces: int = MAX_PLOT_FACES) -> None:
     """A PNG of each face's probabilities over time: one panel per face (time on x, one line per class,
     in the overlay's colours), the faces seen longest first when there are more than `max_faces`.
@@ -204,20 +210,20 @@ def plot_summary(summary: FaceSummary, path, title: str | None = None, max_faces
     for ax, face in zip(axes, shown):
         times, probs = summary.series(face.face_id)
         for k, name in enumerate(summary.class_names):
-            ax.plot(times, probs[:, k], color=_rgb(name), linewidth=1.4, label=name,
+            ax.plot(times, probs[:, k], color=_rgb(name), linewidth=1.4, label=_plain(name),
                     marker="o" if len(times) == 1 else None)
         ax.set_ylim(0, 1)
         ax.set_ylabel("probability")
         ax.grid(alpha=0.3)
         ax.set_title(f"face #{face.face_id}: {face.first_s:.2f}-{face.last_s:.2f} s, {face.frames} frames, "
-                     f"mostly {face.dominant} ({face.shares[face.dominant]:.0%} of them)", loc="left", fontsize=9)
+                     f"mostly {_plain(face.dominant)} ({face.shares[face.dominant]:.0%} of them)", loc="left", fontsize=9)
     if shown:
         axes[-1].set_xlabel("time (s)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 7), fontsize=8, frameon=False)
     if title or len(shown) < len(faces):
         note = f" ({len(shown)} of {len(faces)} faces: those seen longest)" if len(shown) < len(faces) else ""
-        fig.suptitle(f"{title or ''}{note}", fontsize=10)
+        fig.suptitle(_plain(f"{title or ''}{note}"), fontsize=10)
     try:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png")

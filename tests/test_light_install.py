@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -57,9 +58,14 @@ def test_fer_lists_its_commands_and_refuses_unknown_ones(tmp_path):
 
 def test_wheel_installs_light_and_runs_fer(tmp_path):
     """A wheel of the tree in a fresh venv with the base requirements only: `fer analyse` works, torch is absent."""
-    wheels = tmp_path / "wheel"
+    src, wheels = tmp_path / "src", tmp_path / "wheel"       # a copy: the build leaves nothing in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "fer_common", src / "fer_common", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "models", src / "models", ignore=shutil.ignore_patterns("evaluation*"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(REPO)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                        str(wheels), str(src)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     wheel = next(wheels.glob("*.whl"))
     env_dir = tmp_path / "venv"

@@ -123,3 +123,14 @@ def test_summary_json_is_strict(tmp_path):
     summary.add(1, 0.05, [0.1, 0.8, 0.1])
     text = json.dumps(summary.to_dict(source="x"), allow_nan=False)
     assert _strict(text)["faces"][0]["frames"] == 2
+
+
+def test_class_names_matplotlib_would_read_as_mathtext(tmp_path):
+    pytest.importorskip("matplotlib")
+    names = ["a$b", "$x^2$", "c_d"]
+    summary = FaceSummary(names)
+    for k in range(3):
+        summary.write(None, FrameResult(k, k / 10, np.array([[0, 0, 5, 5]]), [1],
+                                        np.array([[0.2, 0.5, 0.3]], np.float32), np.zeros((1, 2), np.float32)))
+    plot_summary(summary, tmp_path / "p.png", title="costs $5")
+    assert (tmp_path / "p.png").stat().st_size > 1000
