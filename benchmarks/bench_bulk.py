@@ -29,7 +29,7 @@ from fer_common.preprocess import read_image
 from fer_common.results import make_result
 
 from .bench_models import default_model_files
-from .common import REPO, fmt, table, torch_threads
+from .common import REPO, fmt, peak_rss_kb, table, torch_threads
 
 IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
 SHIPPED = {"pth": REPO / "models" / "fer_model.pth", "onnx": REPO / "models" / "fer_model.onnx",
@@ -67,15 +67,6 @@ def make_photos(folder: Path, n: int) -> Path:
     return folder
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    """A process's peak resident memory so far (Linux /proc; 0 elsewhere or once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
-    except OSError:
-        return 0
-
-
 def run_cli(argv: list, out: Path) -> dict:
     """inference.py in a fresh process; images/s from its summary line, peak RSS from wait4."""
     cmd = [sys.executable, str(REPO / "inference.py"), *map(str, argv), "--output", str(out), "--overwrite"]
@@ -90,7 +81,7 @@ def run_cli(argv: list, out: Path) -> dict:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid))
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, SceneCuts, Vide
                               output_sinks, pyav_encoders, run_video)
 
 from .bench_models import default_model_files
-from .common import REPO, fmt, table, torch_threads
+from .common import REPO, fmt, peak_rss_kb, table, torch_threads
 
 DEFAULT_VIDEO = REPO / "Test_files" / "Video_Test_1.mp4"
 DEFAULT_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
@@ -235,14 +235,6 @@ def make_long_clip(video, path, frames: int) -> Path:
     return Path(path)
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
-    except OSError:
-        return 0
-
-
 def memory_run(video, frames: int, workdir: Path) -> dict:
     """real_time_video.py with default flags, headless, writing every output, on a `frames`-frame clip, in a
     fresh process: its peak RSS (VmHWM read from /proc while it runs) and FPS."""
@@ -254,7 +246,7 @@ def memory_run(video, frames: int, workdir: Path) -> dict:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         peak_kb = 0
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid))
             time.sleep(0.05)
     text = (workdir / "memory.log").read_text()
     if proc.returncode != 0:

@@ -55,6 +55,15 @@ def _stopped(pid: str) -> bool:
         return False
 
 
+def peak_rss_kb(pid: int) -> int:
+    """A process's peak resident memory so far (Linux /proc; 0 elsewhere or once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
 def machine_info() -> dict:
     import cv2
     import numpy as np

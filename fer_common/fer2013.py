@@ -198,13 +198,17 @@ def import_zip(src: Path, dest: Path) -> ImportResult:
                 with fin, open(_target(dest, split, emotion, name), "wb") as fout:
                     shutil.copyfileobj(fin, fout)
                 result.add(split, emotion)
-    except (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError) as e:
-        raise FERError(f"{src} is a corrupt zip file ({e}); download it again") from None
-    except OSError as e:
-        if e.errno is None:   # bz2's "Invalid data stream"; a full disk has an errno
-            raise FERError(f"{src} is a corrupt zip file ({e}); download it again") from None
-        raise
+    except Exception as e:
+        raise _corrupt(src, "zip", e, zipfile.BadZipFile) from None
     return result
+
+
+def _corrupt(src: Path, kind: str, e: Exception, *archive_errors) -> Exception:
+    """The error to raise for `e` met while unpacking an archive: a damaged archive is one FERError; anything
+    else (a full disk has an errno, bz2's "Invalid data stream" has none) goes on as it is."""
+    damaged = isinstance(e, (*archive_errors, zlib.error, EOFError, lzma.LZMAError)) or (
+        isinstance(e, OSError) and e.errno is None)
+    return FERError(f"{src} is a corrupt {kind} file ({e}); download it again") if damaged else e
 
 
 def import_tar(src: Path, dest: Path) -> ImportResult:
@@ -221,12 +225,8 @@ def import_tar(src: Path, dest: Path) -> ImportResult:
                         open(_target(dest, split, emotion, name), "wb") as fout:
                     shutil.copyfileobj(fin, fout)
                 result.add(split, emotion)
-    except (tarfile.TarError, zlib.error, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
-        raise FERError(f"{src} is a corrupt tar file ({e}); download it again") from None
-    except OSError as e:
-        if e.errno is None:   # bz2's "Invalid data stream"; a full disk has an errno
-            raise FERError(f"{src} is a corrupt tar file ({e}); download it again") from None
-        raise
+    except Exception as e:
+        raise _corrupt(src, "tar", e, tarfile.TarError, gzip.BadGzipFile) from None
     return result
 
 
