@@ -175,7 +175,7 @@ def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BAT
 
     settings: BatchClassifier's constructor arguments (classifier_settings).
     workers: Ray actors, each holding one model and detector on one CPU, spread over the cluster's nodes.
-    address: see connect(). classifier: the callable class (a subclass, in tests).
+    address: see init_ray(). classifier: the callable class (a subclass, in tests).
     """
     if batch_size < 1:
         raise FERError(f"batch size must be at least 1, not {batch_size}")
