@@ -158,10 +158,3 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
         ckpt["calibration"] = result
         save_checkpoint(ckpt, output)
     return result
-
-
-if __name__ == "__main__":       # the command before `fer calibrate`: python -m fer_common.calibration
-    from .cli import run_main
-    from .commands.calibrate import get_args_parser, main
-
-    run_main(main, get_args_parser())

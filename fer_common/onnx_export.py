@@ -121,10 +121,3 @@ def check_graph(proto, path, info: dict) -> None:
     if len(logits) != 2 or (logits[1] is not None and logits[1] != n):
         raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
                        f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")
-
-
-if __name__ == "__main__":       # the command before `fer export`: python -m fer_common.onnx_export
-    from .cli import run_main
-    from .commands.export import get_args_parser, main
-
-    run_main(main, get_args_parser())

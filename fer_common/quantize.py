@@ -4,7 +4,7 @@
 
 From the command line (calibrating on training-side face crops, never on test images):
 
-    python -m fer_common.quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new
+    fer quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new
 
 Two candidates are made: static QDQ quantization (activations calibrated on face crops, per-channel int8
 weights: QLinearConv kernels, which use VNNI on CPUs that have it) and dynamic quantization (weights only,
@@ -189,10 +189,3 @@ def calibration_crops(folder, n: int = MAX_CALIBRATION_IMAGES, seed: int = 0) ->
     random.Random(seed).shuffle(samples)
     images, _, _ = fdata.load_into_memory(samples[:n], [48, 48], 1, quiet=True)
     return [im[0].numpy() for im in images]
-
-
-if __name__ == "__main__":       # the command before `fer quantize`: python -m fer_common.quantize
-    from .cli import run_main
-    from .commands.quantize import get_args_parser, main
-
-    run_main(main, get_args_parser())

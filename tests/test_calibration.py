@@ -71,9 +71,9 @@ def test_calibrate_file_lowers_ece_of_an_overconfident_model(tmp_path):
     assert load_checkpoint(tmp_path / "calibrated_m.pth")["calibration"]["images"] == 70
 
     # the model file itself is only replaced when asked
-    r = run_module("fer_common.calibration", tmp_path / "m.pth", "--data", data / "val", "--output", tmp_path / "m.pth")
+    r = run_module("fer_common", "calibrate", tmp_path / "m.pth", "--data", data / "val", "--output", tmp_path / "m.pth")
     assert r.returncode == 1 and "already exists" in r.stderr
-    r = run_module("fer_common.calibration", tmp_path / "m.pth", "--data", data / "val", "--output",
+    r = run_module("fer_common", "calibrate", tmp_path / "m.pth", "--data", data / "val", "--output",
                    tmp_path / "m.pth", "--overwrite")
     assert r.returncode == 0, r.stderr
     assert "expected calibration error" in r.stdout and "calibration" in load_checkpoint(tmp_path / "m.pth")

@@ -70,7 +70,7 @@ def test_export_cli_re_exports_a_checkpoint_with_its_calibration(tmp_path):
     ckpt = load_checkpoint(tmp_path / "m.pth")
     ckpt["calibration"] = {"temperature": 1.5}
     save_checkpoint(ckpt, tmp_path / "m.pth")
-    cmd = [sys.executable, "-m", "fer_common.onnx_export", str(tmp_path / "m.pth"), str(tmp_path / "m.onnx")]
+    cmd = [sys.executable, "-m", "fer_common", "export", str(tmp_path / "m.pth"), str(tmp_path / "m.onnx")]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert read_onnx_metadata(tmp_path / "m.onnx")["calibration"] == {"temperature": 1.5}

@@ -81,8 +81,8 @@ BAD_FLAGS = [
     ("download_dataset", ["--source", "ftp://host/fer.zip"], "--source"),
     ("download_dataset", ["--sha256", "abc"], "--sha256"),
     ("download_dataset", ["--output", ""], "--output"),
-    ("fer_common.quantize", ["no/such.onnx", "out.onnx"], "src"),
-    ("fer_common.quantize", [str(SHIPPED_ONNX), "out.onnx", "--images", "0"], "--images"),
+    ("fer_common.commands.quantize", ["no/such.onnx", "out.onnx"], "src"),
+    ("fer_common.commands.quantize", [str(SHIPPED_ONNX), "out.onnx", "--images", "0"], "--images"),
 ]
 
 

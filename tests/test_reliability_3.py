@@ -267,7 +267,7 @@ def test_run_main_turns_any_os_error_into_one_line(capsys):
 # ---------------------------------------------------------------- quantize and export commands
 
 def test_quantizing_an_int8_model_is_one_clear_error(tmp_path, capsys):
-    from fer_common import quantize
+    from fer_common.commands import quantize
 
     with pytest.raises(SystemExit) as e:
         run_main(quantize.main, quantize.get_args_parser(), [str(MODELS / "fer_model.int8.onnx"), str(tmp_path / "q.onnx")])
@@ -280,7 +280,7 @@ def test_quantizing_an_int8_model_is_one_clear_error(tmp_path, capsys):
 def test_onnx_export_never_names_a_flag_it_does_not_have(tmp_path, capsys):
     import torch
 
-    from fer_common import onnx_export
+    from fer_common.commands import export as onnx_export
 
     torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, tmp_path / "bare.pth")
     with pytest.raises(SystemExit):

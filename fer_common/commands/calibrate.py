@@ -1,7 +1,6 @@
 """Fit a trained model's temperature on a folder data set (its validation split) and save the model with it.
 
-    fer calibrate fer_model.pth --data dataset/val_new --output fer_model.calibrated.pth
-    python -m fer_common.calibration fer_model.pth --data dataset/val_new --output fer_model.calibrated.pth
+    fer calibrate fer_model.pth --data dataset/val_new --output fer_model.calibrated.pth    # or python -m fer_common calibrate
 """
 
 from .. import cli

@@ -1,7 +1,7 @@
 """Export a checkpoint of this toolkit to ONNX, its calibration included (the training scripts do this at the end
 of a run; this re-exports any checkpoint).
 
-    fer export fer_model.pth fer_model.onnx          # or: python -m fer_common.onnx_export ...
+    fer export fer_model.pth fer_model.onnx          # or: python -m fer_common export ...
 """
 
 from .. import cli

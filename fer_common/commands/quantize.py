@@ -1,6 +1,6 @@
 """Quantize a default-model ONNX file to int8 (static with calibration crops, else dynamic), checked against fp32.
 
-    fer quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new    # or: python -m fer_common.quantize
+    fer quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new    # or: python -m fer_common quantize
 """
 
 from .. import cli
