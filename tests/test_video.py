@@ -575,8 +575,14 @@ class Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_headless_file_run(models, monkeypatch):
+    import functools
+
+    import fer_common.video
+
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
+    # every update drawn: a fast run (or a slow one) must not end within tqdm's refresh interval
+    monkeypatch.setattr(fer_common.video, "tqdm", functools.partial(fer_common.video.tqdm, mininterval=0, miniters=1))
     with pytest.raises(SystemExit) as e:
         run_main(real_time_video.main, real_time_video.get_args_parser(),
                  ["--video", str(TEST_VIDEO), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",

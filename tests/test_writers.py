@@ -71,7 +71,8 @@ def test_dataframe_view():
 
     frame = to_dataframe(results())
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == table_columns(NAMES)
-    assert frame["faces"].sum() == sum(len(r.faces) for r in results())
+    assert frame["face"].notna().sum() == sum(len(r.faces) for r in results())     # one row per face
+    assert set(frame["source"]) == {r.source for r in results()}                   # and every image
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
