@@ -28,7 +28,6 @@ import contextlib
 import logging
 import os
 import pickle
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
@@ -36,9 +35,8 @@ import numpy as np
 
 from .bulk import DEFAULT_BATCH_SIZE, classify_batch
 from .errors import FERError
-from .files import atomic_path, write_json
-from .results import Result, table_columns, table_rows
-from .writers import meta_path
+from .results import Result
+from .writers import import_pyarrow
 
 INSTALL = "pip install 'fer-toolkit[cluster]'"
 # Batches per Ray block: a block is what one task runs and what a dead worker's retry runs again.
@@ -55,15 +53,6 @@ def import_ray():
     except ImportError:
         raise FERError(f"--engine ray needs Ray: {INSTALL}") from None
     return ray
-
-
-def _import_pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise FERError(f"Parquet output needs pyarrow: {INSTALL} (or pip install pyarrow)") from None
-    return pa, pq
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -103,12 +92,6 @@ def classifier_settings(predictor, tta: bool = False, device: str = "cpu", provi
     members = getattr(predictor, "members", [predictor])
     return {"models": [str(Path(m.path).resolve()) for m in members], "model_type": predictor.model_type,
             "tta": bool(tta), "device": device, "provider": provider, "detector": detector}
-
-
-def detector_settings(args) -> dict:
-    """The FaceDetector keyword arguments of the detection flags (what detection.detector_from_args passes)."""
-    return {"kind": args.detector, "model_path": None if args.detector_model is None else str(Path(args.detector_model).resolve()),
-            "detect_size": args.detect_size, "min_face": args.min_face, "detect_width": args.detect_width}
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -181,7 +164,7 @@ def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BAT
         raise FERError(f"batch size must be at least 1, not {batch_size}")
     if not images:
         return
-    pa, _ = _import_pyarrow()
+    pa, _ = import_pyarrow()
     # Blocks of whole batches (Ray Data would merge smaller blocks up to one batch), a few per block; for a small
     # job fewer, so that every worker gets some; for a huge one more, to bound the number of blocks.
     batches = max(1, min(BATCHES_PER_BLOCK, -(-len(images) // (2 * workers * batch_size))))
@@ -207,94 +190,3 @@ def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BAT
             raise FERError(f"the Ray job failed: {str(e).strip().splitlines()[-1][:300]}") from None
         if following != len(images):
             raise FERError(f"the Ray job returned {following} of {len(images)} results")
-
-
-# ------------------------------------------------------------------------------------------------ Parquet
-
-def is_parquet(path) -> bool:
-    return path is not None and str(path).lower().endswith(".parquet")
-
-
-def check_parquet_output(path, resume: bool = False, overwrite: bool = False) -> bool:
-    """writers.check_output's rules for a .parquet file, which cannot be resumed (its footer comes last)."""
-    path = Path(path)
-    if resume:
-        raise FERError(f"--resume: a .parquet output ({path}) is written whole at the end and cannot be "
-                       "continued; use a .jsonl or .csv --output to resume, or --overwrite")
-    if path.is_symlink():
-        raise FERError(f"output {path} is a symbolic link: results are never written through or over a link "
-                       "(give the file itself, or another --output)")
-    if os.path.lexists(path) and not path.is_file():
-        raise FERError(f"output {path} exists and is not a regular file")
-    if not path.parent.is_dir():
-        raise FERError(f"cannot write output {path}: folder {path.parent} does not exist")
-    if path.is_file() and not overwrite:
-        raise FERError(f"output {path} already exists: pass --overwrite to replace it")
-    _import_pyarrow()
-    return False
-
-
-class ParquetWriter:
-    """Results to one Parquet file, in input order: the columns of results.table_columns (one row per face,
-    as the .csv), plus `embedding` (a list of floats) with embedding=True. Merged, not one file per Ray block:
-    the driver writes it, so it is one file whatever the engine, in the order of the images, readable with
-    pandas.read_parquet. Row groups of `row_group` faces; the file appears (atomically, with its
-    `.meta.json` provenance) only when the run ends: a run cut short leaves nothing half-written.
-    ResultWriter's interface, for inference.py."""
-
-    def __init__(self, path, class_names, meta: dict, embedding: bool = False, resume: bool = False,
-                 overwrite: bool = False, row_group: int = 65_536):
-        pa, pq = _import_pyarrow()
-        check_parquet_output(path, resume, overwrite)
-        self.path, self.class_names, self.embedding = Path(path), list(class_names), embedding
-        self.meta = dict(meta, embedding=bool(embedding))
-        self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0
-        self.columns = table_columns(self.class_names)
-        kinds = {"source": pa.string(), "top_emotion": pa.string(), "error": pa.string(), "time": pa.float64(),
-                 "score": pa.float64(), "confidence": pa.float64(), **{c: pa.float64() for c in self.class_names}}
-        fields = [pa.field(c, kinds.get(c, pa.int64())) for c in self.columns]
-        if embedding:
-            fields.append(pa.field("embedding", pa.list_(pa.float32())))
-        self.schema, self._pa, self._rows, self._row_group = pa.schema(fields), pa, [], row_group
-        self._stack = ExitStack()
-        tmp = self._stack.enter_context(atomic_path(self.path, ".parquet"))
-        self._writer = pq.ParquetWriter(str(tmp), self.schema)
-
-    def write(self, result: Result) -> None:
-        rows = table_rows(result, self.class_names)
-        if self.embedding:
-            embeddings = [None if f.embedding is None else np.asarray(f.embedding, np.float32).tolist()
-                          for f in result.faces] or [None]
-            rows = [row + [e] for row, e in zip(rows, embeddings)]
-        self._rows += rows
-        if len(self._rows) >= self._row_group:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows:
-            names = self.schema.names
-            data = {n: [row[k] for row in self._rows] for k, n in enumerate(names)}
-            self._writer.write_table(self._pa.table(data, schema=self.schema))
-            self._rows = []
-
-    def close(self, exc=(None, None, None)) -> None:
-        if self._writer is None:
-            return
-        try:
-            if exc[0] is None:
-                self._flush()
-            self._writer.close()
-            if exc[0] is None:
-                write_json(meta_path(self.path), self.meta)
-        except BaseException as e:
-            exc = (type(e), e, e.__traceback__)
-            raise
-        finally:
-            self._writer = None
-            self._stack.__exit__(*exc)              # renames onto path, or (after an error) removes the temp file
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close(exc)

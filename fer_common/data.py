@@ -161,7 +161,10 @@ class MemoryLoader:
 
 def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, seed=0, rank=0, world_size=1,
                      pin_memory=False, drop_last=False):
-    """A DataLoader that decodes JPEGs every epoch (for data sets too big for memory)."""
+    """A DataLoader that decodes JPEGs every epoch (for data sets too big for memory).
+
+    Its parameters are DataLoader's and DistributedSampler's, passed through as torchvision's references do, so
+    the training loop sets them in one call."""
     dataset = FolderDataset(samples, size, channels)
     sampler = None
     if world_size > 1 or shuffle:

@@ -94,6 +94,8 @@ class FaceDetector:
     detect_width (haar): frames wider than this are detected on a downscaled copy; 0 = never.
     min_face_fraction (haar): smallest face side the cascade looks for, as a fraction of the shorter side.
     min_neighbors (haar): votes a face needs; 6 rather than OpenCV's usual 5 drops most false faces on clothing.
+    Every keyword argument is a measured setting with its default (models/DETECTOR.md) and a flag of
+    add_detector_args, so scripts and the API set them alike.
     """
 
     def __init__(self, kind: str = "yunet", model_path=None, detect_size: int = 320, min_face: int = 24,
@@ -267,6 +269,13 @@ def add_detector_args(parser, min_face: int = 24, detect_size: int = 320):
     return g
 
 
+def detector_settings(args) -> dict:
+    """The FaceDetector keyword arguments of the detection flags: plain values (a model path made absolute),
+    so that a worker process elsewhere (fer_common.cluster) makes the same detector."""
+    model = None if args.detector_model is None else str(Path(args.detector_model).resolve())
+    return {"kind": args.detector, "model_path": model, "detect_size": args.detect_size, "min_face": args.min_face,
+            "detect_width": args.detect_width}
+
+
 def detector_from_args(args) -> FaceDetector:
-    return FaceDetector(args.detector, args.detector_model, detect_size=args.detect_size, min_face=args.min_face,
-                        detect_width=args.detect_width)
+    return FaceDetector(**detector_settings(args))

@@ -25,7 +25,8 @@ def init_distributed(device_arg: str):
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-        set_cpu_threads(max(1, cpu_count() // world_size))
+        # The processes on this node share its cores (torchrun --nnodes: WORLD_SIZE counts every node's).
+        set_cpu_threads(max(1, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     return dist.get_rank(), world_size, device
 
 

@@ -85,6 +85,9 @@ def _read_validator(part: Path) -> str | None:
 def _stream(url: str, part: Path, auth=None) -> None:
     """Append the rest of `url` to `part`, resuming with a Range request when part already holds a start.
 
+    One function for one HTTP exchange (request, status, validators, body, progress): its steps share the
+    response and the .part file, and splitting them would pass both around without making either clearer.
+
     A resume asks for the rest only if the file is still the one whose start we have (If-Range with the
     ETag or Last-Modified stored beside the .part); a server file that changed, or one we cannot tell
     apart, is downloaded again from the start rather than spliced onto the old start.
@@ -311,18 +314,9 @@ def check_output_folder(output: Path, source: str) -> None:
                       {"--source": src})
 
 
-def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
-                   sha256: str | None = None, kaggle_api: str = KAGGLE_API) -> dict:
-    """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/.
-
-    Returns the marker dict (source, counts per split and class, skipped entries) with `already_present`
-    True when a complete import was found and `force` is off.
-    """
-    output = Path(output)
-    check_output_folder(output, source)
-    marker = read_marker(output)
-    if marker and not force:
-        return {**marker, "already_present": True}
+def check_replaceable(output: Path, marker: dict | None, force: bool) -> None:
+    """An existing --output is replaced only when it is a complete import of this tool and --force says so;
+    a folder that may hold the user's own files never is."""
     if output.exists() and not output.is_dir():
         raise FERError(f"--output {output} is a file, not a folder")
     if output.is_dir() and any(output.iterdir()):
@@ -340,7 +334,10 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
                            f"{', ...' if len(foreign) > 3 else ''}): --force only replaces a data set made by "
                            f"download_dataset.py; move them away or choose another --output")
 
-    cache_dir = download_cache(output)
+
+def locate_source(source: str, cache_dir: Path, sha256: str | None, kaggle_api: str) -> tuple[Path, bool]:
+    """(the file or folder to import, whether it was downloaded here): Kaggle and URLs are fetched into
+    cache_dir (checked against sha256 when given); a local source must be a regular file or a folder."""
     downloaded = source == "kaggle" or source.lower().startswith(("http://", "https://"))
     if downloaded and source != "kaggle":
         check_url(source)
@@ -361,7 +358,24 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
             if path.is_dir():
                 raise FERError("--sha256 checks a file, but --source is a folder")
             check_sha256(path, sha256, remove=False)
+    return path, downloaded
 
+
+def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
+                   sha256: str | None = None, kaggle_api: str = KAGGLE_API) -> dict:
+    """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/.
+
+    Returns the marker dict (source, counts per split and class, skipped entries) with `already_present`
+    True when a complete import was found and `force` is off.
+    """
+    output = Path(output)
+    check_output_folder(output, source)
+    marker = read_marker(output)
+    if marker and not force:
+        return {**marker, "already_present": True}
+    check_replaceable(output, marker, force)
+    cache_dir = download_cache(output)
+    path, downloaded = locate_source(source, cache_dir, sha256, kaggle_api)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(output)

@@ -30,6 +30,9 @@ def export_onnx(model: torch.nn.Module, path, model_type: str, class_names, prep
                 opset: int = 18, batch_size: int = 2, verbose: bool = True, calibration: dict | None = None) -> float:
     """Export `model` to ONNX at `path` and check it against PyTorch; returns the max |logits| difference.
 
+    The parameters are what the file must say about itself (type, classes, preprocessing, calibration) and
+    three export settings with defaults, as timm's onnx_export takes them.
+
     Input `input` is N x C x H x W with a dynamic batch; outputs are `logits` and `embedding`.
     Class names, preprocessing, model type and calibration (the fitted temperature) go into the file's
     metadata so the file stands alone.

@@ -45,8 +45,6 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
     Returns {"method", "path", "candidates": {name: {"agreement", "max_logits_diff", "ms_batch1", "ms_batch8"}}}.
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src), Path(dst)
     meta = read_onnx_metadata(src)
@@ -55,58 +53,14 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
         raise FERError(f"{src} holds a '{meta['model_type']}' model: int8 quantization is for the default CNN")
     if method not in ("auto", "static", "dynamic"):
         raise FERError(f"unknown quantization method '{method}' (use auto, static or dynamic)")
-    prep = meta["preprocessing"]
     images = list(calibration_images) if calibration_images is not None else []
     if method == "static" and not images:
         raise FERError("static quantization needs calibration images (a few hundred face crops)")
-    if images:
-        batch = prepare_batch(images[:MAX_CALIBRATION_IMAGES + MAX_CALIBRATION_IMAGES // 3], prep, bgr=True)
-        held_out = batch[::4] if len(batch) >= 8 else batch
-        calibration = np.delete(batch, np.s_[::4], axis=0) if len(batch) >= 8 else batch
-    else:   # dynamic quantization needs no calibration; noise is only for the speed / agreement check
-        c, (h, w) = prep["channels"], prep["input_size"]
-        held_out = np.random.default_rng(0).normal(size=(64, c, h, w)).astype(np.float32)
-        calibration = None
-
+    calibration, held_out = split_calibration(images, meta["preprocessing"])
     names = {"auto": ["static", "dynamic"] if images else ["dynamic"]}.get(method, [method])
-    candidates = {}
     with tempfile.TemporaryDirectory(prefix="fer_quant_") as tmp:
-        tmp = Path(tmp)
-        prepared = tmp / "prepared.onnx"
-        try:
-            # Folds BatchNorm into the convolutions and infers shapes, so every tensor gets a quantization range.
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain file then
-            if verbose:
-                print(f"quant_pre_process failed ({type(e).__name__}); quantizing the file as exported")
-            prepared = src
-        reference = _run(_session(src), held_out)
-        for name in names:
-            out = tmp / f"{name}.onnx"
-            if name == "static":
-                quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-            else:
-                # ConvInteger (what dynamic quantization makes of a Conv) only has a uint8-weight CPU kernel.
-                quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
-            session = _session(out)
-            logits = _run(session, held_out)
-            candidates[name] = {
-                "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-                "max_logits_diff": float(np.abs(logits - reference).max()),
-                "ms_batch1": _median_ms(session, held_out[:1]),
-                "ms_batch8": _median_ms(session, held_out[:8]),
-                "file": out,
-            }
-        acceptable = [n for n in names if candidates[n]["agreement"] >= min_agreement]
-        if acceptable:
-            chosen = min(acceptable, key=lambda n: candidates[n]["ms_batch1"] + candidates[n]["ms_batch8"] / 8)
-        else:
-            chosen = max(names, key=lambda n: candidates[n]["agreement"])
-            if verbose:
-                print(f"warning: no int8 candidate agrees with fp32 on {min_agreement:.0%} of the held-out crops; "
-                      f"keeping the closest ({chosen})")
+        candidates = make_candidates(src, Path(tmp), names, calibration, held_out, verbose)
+        chosen = choose(candidates, min_agreement, verbose)
         proto = onnx.load(str(candidates[chosen]["file"]))
         source_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
         source_meta["quantization"] = strict_json({"method": chosen, "weights": "int8",
@@ -121,6 +75,67 @@ def quantize_onnx(src, dst, calibration_images=None, method: str = "auto", min_a
             print(f"int8 {name}: agreement with fp32 {c['agreement']:.1%}, max |logits diff| {c['max_logits_diff']:.3f}, "
                   f"{c['ms_batch1']:.3f} ms (batch 1), {c['ms_batch8']:.3f} ms (batch 8)" + ("  <- kept" if name == chosen else ""))
     return {"method": chosen, "path": str(dst), "candidates": candidates}
+
+
+def split_calibration(images: list, prep: dict) -> tuple:
+    """(calibration batch or None, held-out batch): one crop in four is held out to compare each candidate with
+    the fp32 model. Without images (dynamic quantization needs none) the held-out batch is seeded noise, only
+    for the speed and agreement check."""
+    if images:
+        batch = prepare_batch(images[:MAX_CALIBRATION_IMAGES + MAX_CALIBRATION_IMAGES // 3], prep, bgr=True)
+        if len(batch) < 8:
+            return batch, batch
+        return np.delete(batch, np.s_[::4], axis=0), batch[::4]
+    c, (h, w) = prep["channels"], prep["input_size"]
+    return None, np.random.default_rng(0).normal(size=(64, c, h, w)).astype(np.float32)
+
+
+def make_candidates(src: Path, tmp: Path, names: list, calibration, held_out, verbose: bool) -> dict:
+    """Each quantization method's int8 file in `tmp`, with its agreement with fp32 on held_out and its speed."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp / "prepared.onnx"
+    try:
+        # Folds BatchNorm into the convolutions and infers shapes, so every tensor gets a quantization range.
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+    except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain file then
+        if verbose:
+            print(f"quant_pre_process failed ({type(e).__name__}); quantizing the file as exported")
+        prepared = src
+    reference = _run(_session(src), held_out)
+    candidates = {}
+    for name in names:
+        out = tmp / f"{name}.onnx"
+        if name == "static":
+            quantize_static(str(prepared), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        else:
+            # ConvInteger (what dynamic quantization makes of a Conv) only has a uint8-weight CPU kernel.
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
+        session = _session(out)
+        logits = _run(session, held_out)
+        candidates[name] = {
+            "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+            "max_logits_diff": float(np.abs(logits - reference).max()),
+            "ms_batch1": _median_ms(session, held_out[:1]),
+            "ms_batch8": _median_ms(session, held_out[:8]),
+            "file": out,
+        }
+    return candidates
+
+
+def choose(candidates: dict, min_agreement: float, verbose: bool) -> str:
+    """The fastest candidate that agrees with fp32 on min_agreement of the held-out crops, else the closest."""
+    acceptable = [n for n, c in candidates.items() if c["agreement"] >= min_agreement]
+    if acceptable:
+        return min(acceptable, key=lambda n: candidates[n]["ms_batch1"] + candidates[n]["ms_batch8"] / 8)
+    chosen = max(candidates, key=lambda n: candidates[n]["agreement"])
+    if verbose:
+        print(f"warning: no int8 candidate agrees with fp32 on {min_agreement:.0%} of the held-out crops; "
+              f"keeping the closest ({chosen})")
+    return chosen
 
 
 # Operators that only a quantized graph holds (QDQ, QOperator and dynamic quantization).

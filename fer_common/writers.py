@@ -1,4 +1,5 @@
-"""Streamed result files: .jsonl (one Result.to_dict per line) and .csv (results.table_rows), with provenance.
+"""Result files: streamed .jsonl (one Result.to_dict per line) and .csv (results.table_rows), and .parquet
+(the .csv's table, written whole at the end), each with its provenance.
 
     with ResultWriter("out.jsonl", class_names, provenance(predictor, tta=True, detector="yunet")) as w:
         for result in results:
@@ -22,12 +23,15 @@ import json
 import os
 import stat
 import time
+from contextlib import ExitStack
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 from .errors import FERError
-from .files import write_json
-from .results import table_columns, table_rows
+from .files import atomic_path, write_json
+from .results import Result, table_columns, table_rows
 
 FORMATS = (".jsonl", ".csv")
 # Fields of the provenance record that must match for --resume (the version too: framing or preprocessing
@@ -114,6 +118,18 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_writer(path, class_names, meta: dict, embedding: bool = False, resume: bool = False,
+                overwrite: bool = False):
+    """The writer for an output's format: ParquetWriter for .parquet, else ResultWriter (.jsonl, .csv)."""
+    kind = ParquetWriter if is_parquet(path) else ResultWriter
+    return kind(path, class_names, meta, embedding, resume, overwrite)
+
+
+def check_any_output(path, resume: bool = False, overwrite: bool = False) -> bool:
+    """check_output, or check_parquet_output for a .parquet file."""
+    return (check_parquet_output if is_parquet(path) else check_output)(path, resume, overwrite)
 
 
 class ResultWriter:
@@ -289,3 +305,102 @@ def _read_csv(path, lines, tail, class_names):
             done.add(source)
             with_faces += expected > 0 and row[5] != ""
     return keep, done, with_faces
+
+
+def import_pyarrow():
+    """pyarrow (with its Parquet module), or one line saying how to install it."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FERError("Parquet needs pyarrow: pip install pyarrow (or 'fer-toolkit[cluster]')") from None
+    return pa, pq
+
+
+def is_parquet(path) -> bool:
+    return path is not None and str(path).lower().endswith(".parquet")
+
+
+def check_parquet_output(path, resume: bool = False, overwrite: bool = False) -> bool:
+    """check_output's rules for a .parquet file, which cannot be resumed (its footer comes last)."""
+    path = Path(path)
+    if resume:
+        raise FERError(f"--resume: a .parquet output ({path}) is written whole at the end and cannot be "
+                       "continued; use a .jsonl or .csv --output to resume, or --overwrite")
+    if path.is_symlink():
+        raise FERError(f"output {path} is a symbolic link: results are never written through or over a link "
+                       "(give the file itself, or another --output)")
+    if os.path.lexists(path) and not path.is_file():
+        raise FERError(f"output {path} exists and is not a regular file")
+    if not path.parent.is_dir():
+        raise FERError(f"cannot write output {path}: folder {path.parent} does not exist")
+    if path.is_file() and not overwrite:
+        raise FERError(f"output {path} already exists: pass --overwrite to replace it")
+    import_pyarrow()
+    return False
+
+
+class ParquetWriter:
+    """Results to one Parquet file, in input order: the columns of results.table_columns (one row per face,
+    as the .csv), plus `embedding` (a list of floats) with embedding=True. Merged, not one file per Ray block:
+    the driver writes it, so it is one file whatever the engine, in the order of the images, readable with
+    pandas.read_parquet. Row groups of `row_group` faces; the file appears (atomically, with its
+    `.meta.json` provenance) only when the run ends: a run cut short leaves nothing half-written.
+    ResultWriter's interface, for inference.py."""
+
+    def __init__(self, path, class_names, meta: dict, embedding: bool = False, resume: bool = False,
+                 overwrite: bool = False, row_group: int = 65_536):
+        pa, pq = import_pyarrow()
+        check_parquet_output(path, resume, overwrite)
+        self.path, self.class_names, self.embedding = Path(path), list(class_names), embedding
+        self.meta = dict(meta, embedding=bool(embedding))
+        self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0
+        self.columns = table_columns(self.class_names)
+        kinds = {"source": pa.string(), "top_emotion": pa.string(), "error": pa.string(), "time": pa.float64(),
+                 "score": pa.float64(), "confidence": pa.float64(), **{c: pa.float64() for c in self.class_names}}
+        fields = [pa.field(c, kinds.get(c, pa.int64())) for c in self.columns]
+        if embedding:
+            fields.append(pa.field("embedding", pa.list_(pa.float32())))
+        self.schema, self._pa, self._rows, self._row_group = pa.schema(fields), pa, [], row_group
+        self._stack = ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path, ".parquet"))
+        self._writer = pq.ParquetWriter(str(tmp), self.schema)
+
+    def write(self, result: Result) -> None:
+        rows = table_rows(result, self.class_names)
+        if self.embedding:
+            embeddings = [None if f.embedding is None else np.asarray(f.embedding, np.float32).tolist()
+                          for f in result.faces] or [None]
+            rows = [row + [e] for row, e in zip(rows, embeddings)]
+        self._rows += rows
+        if len(self._rows) >= self._row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            names = self.schema.names
+            data = {n: [row[k] for row in self._rows] for k, n in enumerate(names)}
+            self._writer.write_table(self._pa.table(data, schema=self.schema))
+            self._rows = []
+
+    def close(self, exc=(None, None, None)) -> None:
+        if self._writer is None:
+            return
+        try:
+            if exc[0] is None:
+                self._flush()
+            self._writer.close()
+            if exc[0] is None:
+                write_json(meta_path(self.path), self.meta)
+        except BaseException as e:
+            exc = (type(e), e, e.__traceback__)
+            raise
+        finally:
+            self._writer = None
+            self._stack.__exit__(*exc)              # renames onto path, or (after an error) removes the temp file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(exc)

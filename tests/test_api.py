@@ -99,3 +99,57 @@ def test_installed_package_finds_its_shipped_models(tmp_path):
     module, shipped, emotion = r.stdout.split()
     assert module.startswith(str(tmp_path / "site")) and shipped == str(tmp_path / "site" / "fer_common" / "shipped")
     assert emotion == "Happy"
+
+
+def test_input_kinds_give_the_same_faces(tmp_path):
+    import cv2
+    from PIL import Image
+
+    fer = FER(tta=False)
+    bgr = cv2.imread(str(TEST_IMAGE))
+    reference = fer.analyse(bgr)[0]
+    rgb_pil = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))          # PIL: RGB, converted by its mode
+    for image in (rgb_pil, rgb_pil.convert("RGBA"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)):
+        face = fer.analyse(image)[0]
+        assert face.box == reference.box
+        assert np.allclose(list(face.probabilities.values()), list(reference.probabilities.values()), atol=1e-5)
+    gray = fer.analyse(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
+    assert len(gray) == 1 and gray[0].top_emotion == reference.top_emotion
+    from fer_common.cli import FERError
+    for bad, what in [(np.zeros((0, 8, 3), np.uint8), "empty"), (np.zeros((8, 8, 2), np.uint8), "shape"),
+                      ("no/such.jpg", "not found"), (3.5, "float")]:
+        with pytest.raises(FERError, match=what):
+            fer.analyse(bad)
+
+
+def test_fer_uses_the_shipped_model_not_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "fer_model.pth").write_bytes(b"not a model: FER() must not even open it")
+    monkeypatch.chdir(tmp_path)
+    fer = FER()
+    assert fer.predictor.path.name == "fer_model.int8.onnx" and "FER(model=" in repr(fer)
+
+
+def test_folder_results_count_every_image(tmp_path):
+    shutil.copy(TEST_IMAGE, tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    import cv2
+    cv2.imwrite(str(tmp_path / "c.png"), np.full((200, 200, 3), 90, np.uint8))
+    results = list(FER().analyse_folder(tmp_path))
+    assert [r.source.rsplit("/", 1)[-1] for r in results] == ["a.jpg", "b.jpg", "c.png"]
+    assert [r.error for r in results] == [None, "cannot decode", "no face found"]
+    assert len(results[0].faces) == 1 and results[0].faces[0].score > 0.5
+    import json
+    assert json.loads(results[0].to_json())["faces"][0]["top_emotion"] == "Happy"
+
+
+def test_one_fer_object_shared_by_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    fer = FER()
+    image = cv2.imread(str(TEST_IMAGE))
+    expected = fer.analyse(image)[0].probabilities
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: fer.analyse(image)[0].probabilities, range(32)))
+    assert all(g == pytest.approx(expected, abs=1e-6) for g in got)

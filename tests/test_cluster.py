@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_common import writers
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fer-toolkit[cluster]'; make test "
                                         "installs it from requirements-dev.txt)")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -111,7 +113,7 @@ def test_ray_rows_equal_the_local_engines_and_parquet_reads_back(ray_cluster, pr
     assert got[11].error == "cannot decode" and got[11].faces == [] and got[11].size is None
 
     out = tmp_path / "out.parquet"
-    with cluster.ParquetWriter(out, predictor.class_names, {"model": "m"}, embedding=True, row_group=7) as w:
+    with writers.ParquetWriter(out, predictor.class_names, {"model": "m"}, embedding=True, row_group=7) as w:
         for r in got:
             w.write(r)
     frame = pd.read_parquet(out)                    # the .csv's columns, one row per face, in input order
@@ -121,9 +123,9 @@ def test_ray_rows_equal_the_local_engines_and_parquet_reads_back(ray_cluster, pr
     np.testing.assert_allclose(frame.embedding[0], local[0].faces[0].embedding, atol=1e-6)
     assert frame.embedding[11] is None and (tmp_path / "out.parquet.meta.json").is_file()
     with pytest.raises(FERError, match="already exists"):
-        cluster.check_parquet_output(out)
+        writers.check_parquet_output(out)
     with pytest.raises(FERError, match="cannot be continued"):
-        cluster.check_parquet_output(out, resume=True)
+        writers.check_parquet_output(out, resume=True)
 
 
 def test_a_killed_worker_is_retried_and_detected_faces_equal_the_local_engines(ray_cluster, predictor, tmp_path):

@@ -109,3 +109,26 @@ def test_panel_bars_follow_the_probabilities():
     rows = [y + L.pad + 1 + r * L.row_h + (L.text_h - 1) // 2 for r in range(3)]
     assert tuple(frame[rows[0], bx + L.bar_w - 2]) == emotion_colour("Sad")     # 100%: filled to the end
     assert tuple(frame[rows[1], bx + 1]) == (90, 90, 90)                       # 0%: an empty grey bar
+
+
+def test_a_still_with_three_faces_has_numbered_boxes_and_panels_beside_them(monkeypatch):
+    """Three faces in a row near the top: each panel touches its own face's box, and faces are numbered."""
+    import fer_common.overlay as overlay_module
+    from fer_common.overlay import _touches, annotate
+    from fer_common.results import make_result
+
+    texts = []
+    put_text = overlay_module.cv2.putText
+    monkeypatch.setattr(overlay_module.cv2, "putText", lambda img, text, *a, **k: (texts.append(text),
+                                                                                   put_text(img, text, *a, **k))[1])
+
+    frame = np.full((360, 1080, 3), 60, np.uint8)
+    boxes = [[120, 45, 80, 80], [480, 45, 80, 80], [840, 45, 80, 80]]
+    result = make_result("three.jpg", EMOTIONS, boxes, probs(3), size=(1080, 360))
+    overlay = Overlay(EMOTIONS)
+    canvas = annotate(frame, result, overlay)
+    assert canvas is not frame and not np.array_equal(canvas, frame)
+    check(canvas, overlay, 3)
+    for box, panel in zip(boxes, overlay.panels):
+        assert _touches(panel, box, make_layout(1080, 360, EMOTIONS).gap), (box, panel)
+    assert len(overlay.labels) == 3 and [t.split()[0] for t in texts if t.startswith("#")] == ["#1", "#2", "#3"]

@@ -26,16 +26,15 @@ from tqdm import tqdm
 
 from ..bulk import DEFAULT_BATCH_SIZE, Tally, default_workers, iter_results, list_images
 from ..cli import image_output, make_parser, output_file, positive_int
-from ..cluster import (ParquetWriter, check_parquet_output, classifier_settings, detector_settings, init_ray,
-                       is_parquet, iter_results_ray)
-from ..detection import add_detector_args, detector_from_args
+from ..cluster import classifier_settings, init_ray, iter_results_ray
+from ..detection import add_detector_args, detector_from_args, detector_settings
 from ..errors import FERError
 from ..files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
 from ..overlay import Overlay, annotate
 from ..predictor import add_predictor_args, predictor_from_args
 from ..preprocess import read_image
 from ..results import probability_matrix
-from ..writers import ResultWriter, check_output, meta_path, provenance
+from ..writers import check_any_output, meta_path, open_writer, provenance
 
 
 def get_args_parser():
@@ -135,7 +134,7 @@ def check_paths(args, images) -> list | None:
     if args.resume and not args.output:
         raise FERError("--resume needs --output (the .jsonl or .csv file to continue)")
     if args.output:
-        (check_parquet_output if is_parquet(args.output) else check_output)(args.output, args.resume, args.overwrite)
+        check_any_output(args.output, args.resume, args.overwrite)
     annotated = annotated_paths(images, args.save_annotated) if args.save_annotated else None
     folders = {f"input folder {p}": p for p in args.images if Path(p).is_dir()}
     check_outside({"--save_annotated": args.save_annotated}, folders)
@@ -163,36 +162,20 @@ def main(args):
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
     predictor = predictor_from_args(args, log=log, fast=True)     # int8: 4x faster per face, same accuracy
     predictor.set_threads()
-    names = predictor.class_names
-    make_detector = None
     if not args.no_detect:
         detector_from_args(args)                    # a bad detector setting fails here, before any work
-        make_detector = lambda: detector_from_args(args)     # noqa: E731  (one per worker thread)
-    overlay = Overlay(names) if annotated else None
+    overlay = Overlay(predictor.class_names) if annotated else None
     tally, json_list = Tally(), JsonListPrinter() if args.json else None
     started = time.perf_counter()
     with ExitStack() as stack:
-        writer = None
-        if args.output:
-            meta = provenance(predictor, args.tta, None if args.no_detect else args.detector, args.embedding)
-            writer_type = ParquetWriter if is_parquet(args.output) else ResultWriter
-            writer = stack.enter_context(writer_type(args.output, names, meta, args.embedding, args.resume,
-                                                     args.overwrite))
-            if writer.repaired_bytes:
-                log(f"{args.output}: cut off what a stopped run left half-written ({writer.repaired_bytes} bytes)")
+        writer = open_output(args, predictor, log, stack)
         done = writer.done if writer is not None else ()
         todo = [i for i, p in enumerate(images) if p not in done] if done else range(len(images))
         if len(todo) < len(images):
             log(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
         bar = stack.enter_context(tqdm(total=len(todo), unit="img", desc="images", file=sys.stderr, delay=2,
                                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30))
-        if args.engine == "ray":                   # the same batches on a Ray cluster (fer_common.cluster)
-            settings = classifier_settings(predictor, args.tta, args.device, args.provider,
-                                           None if args.no_detect else detector_settings(args))
-            results = iter_results_ray([images[i] for i in todo], settings, args.batch_size, args.workers,
-                                       args.address)
-        else:
-            results = iter_results(predictor, [images[i] for i in todo], make_detector, args.batch_size, args.workers)
+        results = engine_results(args, predictor, [images[i] for i in todo])
         stack.callback(results.close)               # stops the workers on an error or Ctrl-C
 
         def say_how_to_resume(kind, *_):            # on Ctrl-C; returns None, so the interrupt goes on
@@ -211,7 +194,7 @@ def main(args):
             if json_list is not None:
                 json_list.add(r.to_dict(args.embedding))
             elif writer is None and r.size is not None:
-                tqdm.write(format_result(r, names), file=sys.stdout)
+                tqdm.write(format_result(r, predictor.class_names), file=sys.stdout)
             if annotated is not None and r.size is not None:
                 save_annotated(r, annotated[todo[r.index]], overlay, log)
             if tally.read % 128 == 0:
@@ -219,14 +202,41 @@ def main(args):
         bar.set_postfix_str(f"{tally.faces} faces", refresh=False)
     if json_list is not None:
         json_list.close()
+    return report(args, tally, writer, len(images), len(todo), time.perf_counter() - started, log)
+
+
+def open_output(args, predictor, log, stack):
+    """The --output writer (entered on `stack`), with this run's provenance; None without --output."""
+    if not args.output:
+        return None
+    meta = provenance(predictor, args.tta, None if args.no_detect else args.detector, args.embedding)
+    writer = stack.enter_context(open_writer(args.output, predictor.class_names, meta, args.embedding,
+                                             args.resume, args.overwrite))
+    if writer.repaired_bytes:
+        log(f"{args.output}: cut off what a stopped run left half-written ({writer.repaired_bytes} bytes)")
+    return writer
+
+
+def engine_results(args, predictor, paths: list):
+    """The Results of `paths`, in order: worker threads here, or the same batches on a Ray cluster."""
+    if args.engine == "ray":
+        settings = classifier_settings(predictor, args.tta, args.device, args.provider,
+                                       None if args.no_detect else detector_settings(args))
+        return iter_results_ray(paths, settings, args.batch_size, args.workers, args.address)
+    make_detector = None if args.no_detect else (lambda: detector_from_args(args))   # one per worker thread
+    return iter_results(predictor, paths, make_detector, args.batch_size, args.workers)
+
+
+def report(args, tally, writer, n_images: int, n_todo: int, seconds: float, log) -> int:
+    """The closing lines (unreadable images, the summary) and the exit code: 0 if some image had a face,
+    2 if none had; only unreadable images is an error."""
     if tally.read == 0 and tally.skipped_count and not (writer and writer.done):
         more = f" (and {tally.skipped_count - 1} more)" if tally.skipped_count > 1 else ""
         raise FERError(f"not an image (cannot decode): {tally.skipped[0]}{more}")
     if tally.skipped_count:
         print(tally.skipped_report(), file=sys.stderr)
-    if len(images) > 1 or writer is not None:
-        seconds = time.perf_counter() - started
-        rate = f", {(tally.read + tally.skipped_count) / seconds:.0f} images/s" if seconds > 0 and len(todo) else ""
+    if n_images > 1 or writer is not None:
+        rate = f", {(tally.read + tally.skipped_count) / seconds:.0f} images/s" if seconds > 0 and n_todo else ""
         where = f"; results -> {args.output}" if writer is not None else ""
         log(f"{tally.summary()} in {seconds:.1f} s{rate}{where}")
     with_faces = tally.read - tally.no_face + (writer.done_with_faces if writer else 0)
