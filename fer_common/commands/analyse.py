@@ -174,7 +174,8 @@ def main(args):
         if len(todo) < len(images):
             log(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
         bar = stack.enter_context(tqdm(total=len(todo), unit="img", desc="images", file=sys.stderr, delay=2,
-                                       dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30))
+                                       dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
+                                       disable=len(todo) < 2))       # no bar for one photo
         results = engine_results(args, predictor, [images[i] for i in todo])
         stack.callback(results.close)               # stops the workers on an error or Ctrl-C
 
