@@ -108,6 +108,8 @@ def place_panels(boxes, width: int, height: int, panel_w: int, panel_h: int, gap
             cost = (collides, sum(overlap_area(rect, f) for f in faces), k)
             if best_cost is None or cost < best_cost:
                 best, best_cost = rect, cost
+            if cost[:2] == (False, 0):
+                break                       # free and covering no face: no later candidate can beat it
         if best is None or best_cost[0]:
             best = _nearest_free(placed, faces, box, width, height, panel_w, panel_h) or best \
                 or clamp_rect((box[0] + box[2] + gap, box[1], panel_w, panel_h), width, height)
