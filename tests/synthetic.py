@@ -18,6 +18,22 @@ def pattern(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
     return image
 
 
+def make_crops(folder, n, bad=(), seed=0) -> list[str]:
+    """n 48x48 gray PNG crops named 000.png ...; the indices in `bad` hold bytes that are no image."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:03d}.png"
+        if i in bad:
+            path.write_bytes(b"\x89PNG truncated")
+        else:
+            cv2.imwrite(str(path), pattern(i % len(EMOTIONS), rng))
+        paths.append(str(path))
+    return paths
+
+
 def make_folder_dataset(root, per_class=(12, 4), splits=("train_new", "val_new"), seed=0,
                         class_folder=lambda name: name, ext=".png", classes=EMOTIONS) -> Path:
     """root/<split>/<Class>/img_XXX.png with per_class[i] images per class in splits[i] (classes: folder names)."""

@@ -6,31 +6,15 @@ import pytest
 
 from fer_common import bulk
 from fer_common.cli import FERError
-from fer_common.labels import EMOTIONS
 from fer_common.predictor import Predictor
 from fer_common.results import Face, Result, probability_matrix
 from helpers_models import shared_models
-from synthetic import pattern
+from synthetic import make_crops, pattern
 
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     return Predictor(shared_models(tmp_path_factory) / "fer_model.onnx", device="cpu")
-
-
-def make_crops(folder, n, bad=(), seed=0):
-    """n 48x48 gray PNG crops named 000.png ...; the indices in `bad` hold bytes that are no image."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i:03d}.png"
-        if i in bad:
-            path.write_bytes(b"\x89PNG truncated")
-        else:
-            cv2.imwrite(str(path), pattern(i % len(EMOTIONS), rng))
-        paths.append(str(path))
-    return paths
 
 
 def test_list_images_sorted_recursive_without_hidden_files(tmp_path):

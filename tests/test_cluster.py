@@ -17,10 +17,9 @@ pd = pytest.importorskip("pandas", reason="pandas is not installed (comes with r
 
 from fer_common import bulk, cluster  # noqa: E402
 from fer_common.errors import FERError  # noqa: E402
-from fer_common.labels import EMOTIONS  # noqa: E402
 from fer_common.predictor import Predictor  # noqa: E402
 from fer_common.results import probability_matrix, to_table  # noqa: E402
-from synthetic import REPO, pattern, run_script  # noqa: E402
+from synthetic import REPO, make_crops, run_script  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,21 +46,6 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(model_path):
     return Predictor(model_path, device="cpu")
-
-
-def make_crops(folder, n, bad=()):
-    """n 48x48 gray PNG crops 000.png ...; those in `bad` are bytes that are no image."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i:03d}.png"
-        if i in bad:
-            path.write_bytes(b"\x89PNG truncated")
-        else:
-            cv2.imwrite(str(path), pattern(i % len(EMOTIONS), rng))
-        paths.append(str(path))
-    return paths
 
 
 def settings_for(predictor, **extra):
