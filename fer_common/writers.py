@@ -327,9 +327,7 @@ def check_parquet_output(path, resume: bool = False, overwrite: bool = False) ->
     if resume:
         raise FERError(f"--resume: a .parquet output ({path}) is written whole at the end and cannot be "
                        "continued; use a .jsonl or .csv --output to resume, or --overwrite")
-    if path.is_symlink():
-        raise FERError(f"output {path} is a symbolic link: results are never written through or over a link "
-                       "(give the file itself, or another --output)")
+    _refuse_links(path)
     if os.path.lexists(path) and not path.is_file():
         raise FERError(f"output {path} exists and is not a regular file")
     if not path.parent.is_dir():
