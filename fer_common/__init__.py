@@ -30,6 +30,7 @@ Modules, each named for what it holds:
     predictor   one predictor for .pth and .onnx files (and ensembles): crops in, probabilities out
     detection   face detection (YuNet, shipped; or OpenCV's Haar cascade) and face crops in FER-2013 framing
     bulk        folders of images in threaded batches (classify_batch: the unit of work of every engine)
+    cluster     the same batches on a Ray cluster (inference.py --engine ray; the [cluster] extra)
     overlay     boxes, labels and non-overlapping probability bars drawn on frames
     tracking    face tracks across video frames
     video       the video / webcam pipeline and its outputs (window, video file, CSV log)
@@ -37,6 +38,7 @@ Modules, each named for what it holds:
     download    getting FER-2013 from Kaggle, a URL or a local file (format readers in fer2013)
     splitting   the stratified train / validation split
     quantize    int8 quantization of an exported ONNX model
+    web         serves the in-browser page (web/) and the shipped model files on localhost
 """
 
 __version__ = "0.2.0"
