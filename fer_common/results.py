@@ -85,10 +85,10 @@ def _number(value):
 
 def make_result(source, class_names, boxes=(), probabilities=(), embeddings=None, scores=None, track_ids=None,
                 size=None, error=None, frame=None, time=None, index=0, no_face_error: bool = True) -> Result:
-    """The one place a Result is made (so it takes every field of a Result and a Face, with defaults), from a
-    model's arrays: K boxes (x, y, w, h), K x classes probabilities,
-    optional K x D embeddings, K detection scores and K track ids. `error` defaults to NO_FACE when K is 0
-    (no_face_error=False leaves it None: a video frame without a face is not a failure)."""
+    """The one place a Result is made, from a model's arrays: K boxes (x, y, w, h), K x classes probabilities,
+    optional K x D embeddings, K detection scores and K track ids. It takes every field of a Result and a Face
+    (with defaults), hence its many parameters. `error` defaults to NO_FACE when K is 0 (no_face_error=False
+    leaves it None: a video frame without a face is not a failure)."""
     boxes = np.asarray(boxes).reshape(-1, 4)
     probabilities = np.asarray(probabilities, np.float64).reshape(len(boxes), len(class_names))
     names = list(class_names)
