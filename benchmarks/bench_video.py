@@ -153,20 +153,26 @@ def make_scaled_clip(video, path, size, max_frames: int = 0) -> Path:
     return Path(path)
 
 
-def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -> list[dict]:
-    """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times
-    (or its first `max_frames` frames)."""
-    import fer_common.video as fv
-
+def read_frames(video, max_frames: int = 0) -> tuple[list, float]:
+    """Every frame of `video` (its first `max_frames`, 0: all) and its frame rate (30 when it says none)."""
     cap = cv2.VideoCapture(str(video))
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     frames = []
-    while True:
+    while not max_frames or len(frames) < max_frames:
         ok, frame = cap.read()
         if not ok:
             break
         frames.append(frame)
     cap.release()
+    return frames, fps
+
+
+def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -> list[dict]:
+    """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times
+    (or its first `max_frames` frames)."""
+    import fer_common.video as fv
+
+    frames, fps = read_frames(video)
     frames = (frames * repeat)[:max_frames or None]
     size = (frames[0].shape[1], frames[0].shape[0])
     installed = pyav_encoders()
@@ -196,14 +202,7 @@ def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -
 
 def scene_cut_cost(video, max_frames: int = 0) -> dict:
     """CPU ms per frame of the scene-cut check (process time: steady when other jobs share the CPU), min of 5."""
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while not max_frames or len(frames) < max_frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames, _ = read_frames(video, max_frames)
     out = {}
     for size in [(frames[0].shape[1], frames[0].shape[0]), (1280, 720)]:
         clip = [cv2.resize(f, size) for f in frames]
@@ -219,15 +218,7 @@ def scene_cut_cost(video, max_frames: int = 0) -> dict:
 
 def make_long_clip(video, path, frames: int) -> Path:
     """The clip looped to `frames` frames (mp4v): a long video whose faces and cuts are known."""
-    cap = cv2.VideoCapture(str(video))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    clip = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        clip.append(frame)
-    cap.release()
+    clip, fps = read_frames(video)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (clip[0].shape[1], clip[0].shape[0]))
     for k in range(frames):
         writer.write(clip[k % len(clip)])
