@@ -3,7 +3,8 @@
 A preprocessing config is a plain dict stored in every checkpoint and ONNX file:
     {"input_size": [H, W], "channels": 1 or 3, "mean": [...], "std": [...]}
 Inference reads it from the model file; no flag repeats it. The NumPy/OpenCV path (prepare_batch) is what
-inference runs, without PyTorch; `normalize` and `augment` are the training side, on torch tensors.
+inference runs, without PyTorch; `normalize` is the training side's, on torch tensors (its augmentation is in
+augmentation.py).
 """
 
 from __future__ import annotations
@@ -126,39 +127,3 @@ def mean_std(prep: dict, device) -> tuple:
 
     return (torch.tensor(prep["mean"], device=device).view(1, -1, 1, 1),
             torch.tensor(prep["std"], device=device).view(1, -1, 1, 1))
-
-
-def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None = None,
-            max_rotation: float = 10.0, scale: tuple = (0.9, 1.1), max_shift: float = 0.08,
-            brightness: float = 0.2, contrast: float = 0.2) -> torch.Tensor:
-    """Training augmentation on a whole uint8 batch at once, on whatever device the batch is on.
-
-    One random affine warp per image (horizontal flip, small rotation, zoom and shift, all
-    plausible for a face crop) done by a single grid_sample, then brightness/contrast jitter.
-    Doing it batched keeps CPU training fast: no per-image Python work.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n = images.shape[0]
-    device = images.device
-    rand = lambda *shape: torch.rand(*shape, generator=generator, device="cpu").to(device)  # noqa: E731
-    x = images.float().div_(255.0)
-    angle = (rand(n) * 2 - 1) * (max_rotation * torch.pi / 180)
-    zoom = scale[0] + rand(n) * (scale[1] - scale[0])
-    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
-    shift = (rand(n, 2) * 2 - 1) * max_shift * 2   # grid units span [-1, 1]
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    h, w = prep["input_size"]
-    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
-    if x.shape[-2] < h or x.shape[-1] < w:
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    gain = 1 + (rand(n, 1, 1, 1) * 2 - 1) * contrast
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * gain + mean + (rand(n, 1, 1, 1) * 2 - 1) * brightness * 0.5
-    x = x.clamp_(0, 1)
-    mean, std = mean_std(prep, device)
-    return (x - mean) / std

@@ -47,11 +47,14 @@ class ModelEma:
         self.module.load_state_dict(state["weights"])
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float):
-    """Mixup (Zhang et al. 2018): blend each image with a partner; returns (x, y, partner labels, lambda)."""
+def mix_batch(x, y: torch.Tensor, alpha: float):
+    """Mixup (Zhang et al. 2018): blend each image with a partner; returns (x, y, partner labels, lambda).
+    `x` may be a tuple of views of the same images (the student's and the teachers'): each is mixed alike."""
     lam = float(np.random.beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0]).to(x.device)
-    return x * lam + x[perm] * (1 - lam), y, y[perm], lam
+    views = x if isinstance(x, tuple) else (x,)
+    perm = torch.randperm(views[0].shape[0]).to(views[0].device)
+    mixed = tuple(v * lam + v[perm] * (1 - lam) for v in views)
+    return (mixed if isinstance(x, tuple) else mixed[0]), y, y[perm], lam
 
 
 class Teachers:

@@ -26,7 +26,8 @@ from .errors import FERError
 from .files import write_json
 from .models import count_parameters, create_model, default_preprocessing
 from .onnx_export import export_onnx
-from .preprocess import augment, cache_size, normalize
+from .augmentation import augment_views
+from .preprocess import cache_size, normalize
 from .recipes import ModelEma, Teachers, distillation_loss, mix_batch
 from .training_args import check_outputs, last_checkpoint_path, metrics_path
 
@@ -46,6 +47,7 @@ class EpochOptions:
     scaler: object = None
     ema: ModelEma | None = None
     mixup: float = 0.0                      # Beta(alpha, alpha) of mixup; 0 = off
+    augmentation: str = "standard"          # augmentation.POLICIES: standard or broad
     teachers: Teachers | None = None
     distill_weight: float = 0.7             # share of the loss from the teachers' soft labels
 
@@ -54,9 +56,15 @@ class EpochOptions:
             self.scaler = grad_scaler(self.device, self.amp)
 
 
-def to_model_input(images, device, prep, train: bool):
-    images = images.to(device, non_blocking=True)
-    x = augment(images, prep) if train else normalize(images, prep)
+def training_views(images, device, prep, policy: str = "standard"):
+    """(teachers' view, student's view) of a uint8 training batch; see augmentation.augment_views."""
+    teacher, student = augment_views(images.to(device, non_blocking=True), prep, policy=policy)
+    student = student.contiguous(memory_format=torch.channels_last)
+    return (student if teacher is student else teacher.contiguous(memory_format=torch.channels_last)), student
+
+
+def _to_device(images, device, prep):
+    x = normalize(images.to(device, non_blocking=True), prep)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -71,9 +79,9 @@ def train_one_epoch(model, loader, opts: EpochOptions, desc: str = "train", quie
                 # Skipping would leave the other processes waiting for this one's gradients for ever.
                 raise FERError("a whole training batch was unreadable images: check the data set's files")
             continue
-        x = to_model_input(images, opts.device, opts.prep, train=True)
+        teacher_x, x = training_views(images, opts.device, opts.prep, opts.augmentation)
         y = labels.to(opts.device, non_blocking=True)
-        loss = _batch_loss(model, x, y, opts)
+        loss = _batch_loss(model, x, y, opts, teacher_x)
         opts.optimizer.zero_grad(set_to_none=True)
         opts.scaler.scale(loss).backward()
         opts.scaler.step(opts.optimizer)
@@ -82,17 +90,19 @@ def train_one_epoch(model, loader, opts: EpochOptions, desc: str = "train", quie
             opts.ema.update(model)
         total += loss.item() * len(y)
         count += len(y)
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)   # printed at tqdm's own pace
     total, count = all_reduce_sum([total, count], opts.device)
     return total / max(count, 1)
 
 
-def _batch_loss(model, x, y, opts: EpochOptions) -> torch.Tensor:
-    """The loss of one batch: cross-entropy (of both labels under mixup), blended with distillation if on."""
+def _batch_loss(model, x, y, opts: EpochOptions, teacher_x=None) -> torch.Tensor:
+    """The loss of one batch: cross-entropy (of both labels under mixup), blended with distillation if on.
+    The teachers see `teacher_x` (the undegraded view of the same images), or x when it is None."""
+    teacher_x = x if teacher_x is None else teacher_x
     y2, lam = y, 1.0
     if opts.mixup > 0:
-        x, y, y2, lam = mix_batch(x, y, opts.mixup)
-    soft = opts.teachers.soft_targets(x) if opts.teachers is not None else None
+        (x, teacher_x), y, y2, lam = mix_batch((x, teacher_x), y, opts.mixup)
+    soft = opts.teachers.soft_targets(teacher_x) if opts.teachers is not None else None
     with autocast(opts.device, opts.amp):
         logits, _ = model(x)
     logits = logits.float()
@@ -113,7 +123,7 @@ def collect_logits(model, loader, device, prep, amp=None, desc: str = "val", qui
     for images, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=quiet):
         if len(y):
             with autocast(device, amp):
-                out, _ = model(to_model_input(images, device, prep, train=False))
+                out, _ = model(_to_device(images, device, prep))
             logits.append(out.float().cpu())
             labels.append(y.cpu())
     if not logits:
@@ -219,6 +229,7 @@ def make_epoch_options(args, model, train_labels, class_names, prep: dict, devic
                                           label_smoothing=args.label_smoothing),
         device=device, prep=prep, amp=amp_dtype(device, args.amp),
         ema=ModelEma(model, args.ema_decay) if args.ema_decay > 0 else None, mixup=args.mixup,
+        augmentation=getattr(args, "augmentation", "standard"),
         teachers=Teachers(args.teacher, class_names, prep, device, args.distill_temperature) if args.teacher else None,
         distill_weight=args.distill_weight)
 
@@ -312,7 +323,7 @@ def prepare_run(args, model_type: str, model_config: dict, rank: int, world_size
     log(f"model: {model_type}, {count_parameters(model) / 1e6:.2f} M parameters, input "
         f"{prep['channels']}x{prep['input_size'][0]}x{prep['input_size'][1]}; device {device}"
         f"{f' x {world_size} processes' if world_size > 1 else ''}; AMP {opts.amp or 'off'}"
-        f"{f'; EMA {opts.ema.decay}' if opts.ema else ''}{f'; mixup {args.mixup}' if args.mixup > 0 else ''}"
+        f"; augmentation {opts.augmentation}{f'; EMA {opts.ema.decay}' if opts.ema else ''}{f'; mixup {args.mixup}' if args.mixup > 0 else ''}"
         f"{f'; distilling from {len(args.teacher)} teacher(s) at T={args.distill_temperature}' if args.teacher else ''}")
     return run
 

@@ -104,10 +104,13 @@ def test_fine_tuning_with_ema_and_teachers_as_typed(tiny_data, tmp_path):
         assert all(torch.equal(best["state_dict"][k], epoch_ema[k]) for k in epoch_ema)
 
     r = run_script("fine_tuning.py", "--dataset_path", tiny_data, *SMALL, "--teacher", teacher, "--teacher", teacher,
-                   "--distill_weight", "0.5", "--mixup", "0.2", "--output_model", tmp_path / "student.pth",
+                   "--distill_weight", "0.5", "--mixup", "0.2", "--augmentation", "broad",
+                   "--output_model", tmp_path / "student.pth",
                    "--output_onnx", tmp_path / "student.onnx")
     assert r.returncode == 0, r.stderr
     assert "distilling from 2 teacher(s)" in r.stdout and (tmp_path / "student.onnx").is_file()
+    assert "augmentation broad" in r.stdout
+    assert load_checkpoint(tmp_path / "student.pth")["args"]["augmentation"] == "broad"   # the recipe is recorded
 
 
 def test_ensemble_averages_probabilities_in_class_order(tmp_path):
