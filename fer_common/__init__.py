@@ -15,6 +15,7 @@ Modules, each named for what it holds:
     shipped     where the shipped model files are (models/ of a checkout, or the installed package)
     device      device selection, CPU thread counts, autocast / grad scaler, GPU memory clearing
     preprocess  per-model preprocessing config and the transforms built from it
+    augmentation training augmentation: the batched warp, and blur/JPEG/noise/erasing of --augmentation broad
     data        image-folder data sets, class checks, the in-memory uint8 data set
     models      the default CNN and the advanced timm-backbone model
     checkpoint  the self-describing checkpoint dict: save, load, rebuild the model, start from one (--init_from)
