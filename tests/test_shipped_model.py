@@ -62,3 +62,26 @@ def test_demo_uses_the_shipped_model(tmp_path):
     shown = [float(line.split()[1].rstrip("%")) for line in r.stdout.splitlines()
              if line.strip() and line.split()[0] in EMOTIONS]
     assert len(shown) == 7 and shown == sorted(shown, reverse=True)
+
+
+def test_shipped_model_keeps_the_runtime_budget_and_its_metadata():
+    """Issue 22's budget: at most 2.5 M parameters; all three files describe the same model."""
+    from fer_common.checkpoint import model_from_checkpoint
+    from fer_common.models import count_parameters
+
+    ckpt = load_checkpoint(MODELS / "fer_model.pth", expected_type="default")
+    assert count_parameters(model_from_checkpoint(ckpt)) <= 2.5e6
+    for name in ("fer_model.onnx", "fer_model.int8.onnx"):
+        meta = read_onnx_metadata(MODELS / name)
+        assert meta["class_names"] == ckpt["class_names"] and meta["preprocessing"] == ckpt["preprocessing"]
+        assert meta["calibration"]["temperature"] == ckpt["calibration"]["temperature"]
+
+
+def test_a_known_face_is_read_as_happy_by_every_shipped_file():
+    image = cv2.imread(str(TEST_IMAGE))
+    crops = crop_faces(image, FaceDetector().detect(image))
+    assert len(crops) == 1                                # one smiling face in the test photo
+    for name in ("fer_model.pth", "fer_model.onnx", "fer_model.int8.onnx"):
+        predictor = Predictor(MODELS / name)
+        probs = predictor.predict(crops).probabilities[0]
+        assert predictor.class_names[int(probs.argmax())] == "Happy" and probs.max() > 0.6, name
