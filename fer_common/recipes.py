@@ -61,11 +61,13 @@ class Teachers:
     """Trained models whose averaged, temperature-softened probabilities a student learns from (distillation).
 
     Each teacher gets the student's augmented batch in its own preprocessing (size, channels, normalisation),
-    so teachers of another width or input size work too. They run under torch.inference_mode.
+    so teachers of another width or input size work too. They run under torch.inference_mode. With `mirror`
+    each teacher also sees the mirror image and its probabilities are averaged (test-time augmentation for
+    the teachers only: twice their cost, none at the student's run time).
     """
 
-    def __init__(self, paths, class_names, student_prep: dict, device, temperature: float = 4.0):
-        self.models, self.preps, self.temperature = [], [], temperature
+    def __init__(self, paths, class_names, student_prep: dict, device, temperature: float = 4.0, mirror: bool = False):
+        self.models, self.preps, self.temperature, self.mirror = [], [], temperature, mirror
         for path in paths:
             ckpt = load_checkpoint(path)
             if list(ckpt["class_names"]) != list(class_names):
@@ -89,8 +91,11 @@ class Teachers:
             t = unit
             if tuple(t.shape[-2:]) != size:
                 t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
-            logits, _ = model(((t - mean) / std).contiguous(memory_format=torch.channels_last))
-            total = total + torch.softmax(logits.float() / self.temperature, dim=1)
+            t = (t - mean) / std
+            views = (t, t.flip(-1)) if self.mirror else (t,)
+            for view in views:
+                logits, _ = model(view.contiguous(memory_format=torch.channels_last))
+                total = total + torch.softmax(logits.float() / self.temperature, dim=1) / len(views)
         return total / len(self.models)
 
 

@@ -230,7 +230,8 @@ def make_epoch_options(args, model, train_labels, class_names, prep: dict, devic
         device=device, prep=prep, amp=amp_dtype(device, args.amp),
         ema=ModelEma(model, args.ema_decay) if args.ema_decay > 0 else None, mixup=args.mixup,
         augmentation=getattr(args, "augmentation", "standard"),
-        teachers=Teachers(args.teacher, class_names, prep, device, args.distill_temperature) if args.teacher else None,
+        teachers=Teachers(args.teacher, class_names, prep, device, args.distill_temperature,
+                          mirror=getattr(args, "teacher_tta", False)) if args.teacher else None,
         distill_weight=args.distill_weight)
 
 
@@ -324,7 +325,8 @@ def prepare_run(args, model_type: str, model_config: dict, rank: int, world_size
         f"{prep['channels']}x{prep['input_size'][0]}x{prep['input_size'][1]}; device {device}"
         f"{f' x {world_size} processes' if world_size > 1 else ''}; AMP {opts.amp or 'off'}"
         f"; augmentation {opts.augmentation}{f'; EMA {opts.ema.decay}' if opts.ema else ''}{f'; mixup {args.mixup}' if args.mixup > 0 else ''}"
-        f"{f'; distilling from {len(args.teacher)} teacher(s) at T={args.distill_temperature}' if args.teacher else ''}")
+        f"{f'; distilling from {len(args.teacher)} teacher(s) at T={args.distill_temperature}' if args.teacher else ''}"
+        f"{' with mirror TTA' if args.teacher and opts.teachers.mirror else ''}")
     return run
 
 

@@ -66,6 +66,9 @@ def add_recipe_args(parser):
                    help="mixup: blend image pairs with a Beta(ALPHA, ALPHA) weight (0 = off; 0.2 is typical)")
     g.add_argument("--teacher", action="append", default=[], type=cli.existing_file, metavar="CHECKPOINT",
                    help="distil from a trained model (repeat for an ensemble: their probabilities are averaged)")
+    g.add_argument("--teacher_tta", action="store_true",
+                   help="each teacher also sees the mirror image of every face (probabilities averaged): "
+                        "better soft labels for twice the teachers' cost")
     g.add_argument("--distill_temperature", type=cli.positive_float, default=4.0, help="softmax temperature of the teachers and student")
     g.add_argument("--distill_weight", type=cli.probability, default=0.7,
                    help="share of the loss from the teachers' soft labels (the rest from the true labels)")

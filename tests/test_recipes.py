@@ -66,6 +66,16 @@ def test_teachers_average_their_softened_probabilities(tmp_path):
     assert not soft.is_inference()    # usable in the student's loss
 
 
+def test_teachers_with_mirror_tta_average_each_face_and_its_mirror(tmp_path):
+    a = save_default(tmp_path / "a.pth", seed=1)
+    teachers = Teachers([tmp_path / "a.pth"], EMOTIONS, default_preprocessing("default"), torch.device("cpu"),
+                        temperature=2.0, mirror=True)
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        expected = (torch.softmax(a(x)[0] / 2, 1) + torch.softmax(a(x.flip(-1))[0] / 2, 1)) / 2
+    assert torch.allclose(teachers.soft_targets(x), expected, atol=1e-5)
+
+
 def test_teacher_with_other_classes_is_refused(tmp_path):
     save_default(tmp_path / "p.pth", class_names=["A", "B", "C"])
     with pytest.raises(Exception, match="has classes"):
@@ -104,12 +114,12 @@ def test_fine_tuning_with_ema_and_teachers_as_typed(tiny_data, tmp_path):
         assert all(torch.equal(best["state_dict"][k], epoch_ema[k]) for k in epoch_ema)
 
     r = run_script("fine_tuning.py", "--dataset_path", tiny_data, *SMALL, "--teacher", teacher, "--teacher", teacher,
-                   "--distill_weight", "0.5", "--mixup", "0.2", "--augmentation", "broad",
+                   "--distill_weight", "0.5", "--mixup", "0.2", "--augmentation", "broad", "--teacher_tta",
                    "--output_model", tmp_path / "student.pth",
                    "--output_onnx", tmp_path / "student.onnx")
     assert r.returncode == 0, r.stderr
     assert "distilling from 2 teacher(s)" in r.stdout and (tmp_path / "student.onnx").is_file()
-    assert "augmentation broad" in r.stdout
+    assert "augmentation broad" in r.stdout and "with mirror TTA" in r.stdout
     assert load_checkpoint(tmp_path / "student.pth")["args"]["augmentation"] == "broad"   # the recipe is recorded
 
 
