@@ -229,9 +229,9 @@ def make_epoch_options(args, model, train_labels, class_names, prep: dict, devic
                                           label_smoothing=args.label_smoothing),
         device=device, prep=prep, amp=amp_dtype(device, args.amp),
         ema=ModelEma(model, args.ema_decay) if args.ema_decay > 0 else None, mixup=args.mixup,
-        augmentation=getattr(args, "augmentation", "standard"),
+        augmentation=args.augmentation,
         teachers=Teachers(args.teacher, class_names, prep, device, args.distill_temperature,
-                          mirror=getattr(args, "teacher_tta", False)) if args.teacher else None,
+                          mirror=args.teacher_tta) if args.teacher else None,
         distill_weight=args.distill_weight)
 
 

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from . import cli
+from .augmentation import POLICIES
 from .data import default_num_workers
 from .errors import FERError
 from .files import check_output_files, same_file
@@ -30,7 +31,7 @@ def add_data_args(parser):
     g.add_argument("--num_workers", type=cli.num_workers_int, default=default_num_workers(), help="data loading processes")
     g.add_argument("--no_cache", action="store_true",
                    help="decode images from disk every epoch instead of caching them in memory as uint8")
-    g.add_argument("--augmentation", choices=["standard", "broad"], default="standard",
+    g.add_argument("--augmentation", choices=list(POLICIES), default="standard",
                    help="standard: mirror, +-10 degree rotation, +-10%% zoom and shift, brightness/contrast; broad: "
                         "wider warps plus blur, low resolution, noise, JPEG and random erasing on some faces "
                         "(teachers of --teacher see the faces undegraded)")
