@@ -29,7 +29,7 @@ from .onnx_export import export_onnx
 from .augmentation import augment_views
 from .preprocess import cache_size, normalize
 from .recipes import ModelEma, Teachers, distillation_loss, mix_batch
-from .training_args import check_outputs, last_checkpoint_path, metrics_path
+from .training_args import check_distillation_args, check_outputs, last_checkpoint_path, metrics_path
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -404,6 +404,7 @@ def train(args, model_type: str, model_config: dict) -> dict:
         seed_everything(args.seed + rank)
         if args.resume and args.init_from:
             raise FERError("--resume continues a run, --init_from starts a new one from a trained model: give one of them")
+        check_distillation_args(args)
         check_outputs(args)
         run = prepare_run(args, model_type, model_config, rank, world_size, device, log)
         best = run_epochs(run, args, log)

@@ -59,6 +59,9 @@ def add_optimisation_args(parser):
     return g
 
 
+DISTILL_TEMPERATURE, DISTILL_WEIGHT = 4.0, 0.7
+
+
 def add_recipe_args(parser):
     g = parser.add_argument_group("Weight averaging, mixup and distillation")
     g.add_argument("--ema_decay", type=cli.unit_interval_open_top, default=0.999,
@@ -70,8 +73,9 @@ def add_recipe_args(parser):
     g.add_argument("--teacher_tta", action="store_true",
                    help="each teacher also sees the mirror image of every face (probabilities averaged): "
                         "better soft labels for twice the teachers' cost")
-    g.add_argument("--distill_temperature", type=cli.positive_float, default=4.0, help="softmax temperature of the teachers and student")
-    g.add_argument("--distill_weight", type=cli.probability, default=0.7,
+    g.add_argument("--distill_temperature", type=cli.positive_float, default=DISTILL_TEMPERATURE,
+                   help="softmax temperature of the teachers and student")
+    g.add_argument("--distill_weight", type=cli.probability, default=DISTILL_WEIGHT,
                    help="share of the loss from the teachers' soft labels (the rest from the true labels)")
     return g
 
@@ -95,6 +99,16 @@ def add_output_args(parser):
                         "classes differ; unlike --resume, epochs, optimizer and output files start afresh")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return g
+
+
+def check_distillation_args(args) -> None:
+    """The distillation flags only mean something with --teacher: refuse them alone rather than ignore them."""
+    given = [flag for flag, on in (("--teacher_tta", args.teacher_tta),
+                                   ("--distill_temperature", args.distill_temperature != DISTILL_TEMPERATURE),
+                                   ("--distill_weight", args.distill_weight != DISTILL_WEIGHT)) if on]
+    if given and not args.teacher:
+        raise FERError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --teacher CHECKPOINT "
+                       "(the model to distil from)")
 
 
 def last_checkpoint_path(output_model) -> Path:

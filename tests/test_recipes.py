@@ -123,6 +123,15 @@ def test_fine_tuning_with_ema_and_teachers_as_typed(tiny_data, tmp_path):
     assert load_checkpoint(tmp_path / "student.pth")["args"]["augmentation"] == "broad"   # the recipe is recorded
 
 
+@pytest.mark.parametrize("flags", [["--teacher_tta"], ["--distill_weight", "0.5"], ["--distill_temperature", "2"]])
+def test_distillation_flags_without_a_teacher_are_refused(tiny_data, tmp_path, flags):
+    r = run_script("fine_tuning.py", "--dataset_path", tiny_data, *SMALL, *flags, "--output_model", tmp_path / "m.pth",
+                   "--output_onnx", tmp_path / "m.onnx")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"{flags[0]} needs --teacher" in r.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())              # refused before any file is written
+
+
 def test_ensemble_averages_probabilities_in_class_order(tmp_path):
     save_default(tmp_path / "a.pth", seed=1)
     save_default(tmp_path / "b.pth", class_names=PERMUTED, seed=2)
