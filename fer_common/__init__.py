@@ -26,6 +26,7 @@ Modules, each named for what it holds:
     early_stopping early stopping with confirmation epochs (its state resumes)
     recipes     weight EMA, mixup, distillation from trained teachers
     distributed the torchrun process group: rank, device, sums across processes
+    averaging   weight averaging of fine-tuned models (a model soup; `fer average`)
     calibration temperature scaling, expected calibration error, the reliability diagram
     metrics     softmax, accuracy, per-class scores, the confusion-matrix picture
     predictor   one predictor for .pth and .onnx files (and ensembles): crops in, probabilities out

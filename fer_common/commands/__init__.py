@@ -17,6 +17,7 @@ COMMANDS = {
     "export": ("commands.export", None, "export a .pth checkpoint to ONNX"),
     "calibrate": ("commands.calibrate", None, "fit a model's confidence (temperature) on a data set"),
     "quantize": ("commands.quantize", None, "int8 quantization of an ONNX model"),
+    "average": ("commands.average", None, "average the weights of fine-tuned models (a model soup)"),
     "web": ("web", None, "serve the in-browser page on localhost"),
 }
 ALIASES = {"analyze": "analyse"}
