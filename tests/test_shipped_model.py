@@ -26,8 +26,14 @@ def test_shipped_files_load_and_are_small():
     assert "optimizer" not in ckpt                      # an inference file, not a training state
     meta = read_onnx_metadata(onnx)
     assert meta["class_names"] == ckpt["class_names"] and meta["preprocessing"] == ckpt["preprocessing"]
+    # The shipped model is a weight average (`fer average`): its history file lists the same ingredients,
+    # each with its training history, and the weights sum to 1.
     history = json.loads((MODELS / "fer_model_metrics.json").read_text())
-    assert history["best"]["epoch"] == ckpt["epoch"]
+    ingredients = ckpt["averaged_from"]
+    assert [(i["file"], i["weight"]) for i in history["averaged_from"]] == [(i["file"], i["weight"]) for i in ingredients]
+    assert abs(sum(i["weight"] for i in ingredients) - 1) < 1e-9
+    for ingredient, row in zip(ingredients, history["averaged_from"]):
+        assert row["best"]["epoch"] == ingredient["epoch"] and ingredient["args"]["seed"] >= 0
 
 
 def test_pytorch_and_onnx_agree_on_real_and_random_faces():
