@@ -24,8 +24,10 @@ def _ingredient(ckpt: dict, path, weight: float) -> dict:
             "averaged_from": ckpt.get("averaged_from")}
 
 
-def average_checkpoints(paths, weights=None) -> dict:
-    """The checkpoint whose floating-point weights are the `weights`-weighted mean of those of `paths`.
+def average_checkpoints(paths, weights=None) -> tuple[dict, dict]:
+    """(checkpoint, history): the checkpoint whose floating-point weights are the `weights`-weighted mean of
+    those of `paths`, and its X_metrics.json (each ingredient's weight and training history, as training
+    writes one history per run). Each file is read once.
 
     Integer buffers (BatchNorm's batch counters) come from the first file. The result has no calibration
     (fit it again: `fer calibrate`) and no training state; `averaged_from` lists the ingredients."""
@@ -41,9 +43,9 @@ def average_checkpoints(paths, weights=None) -> dict:
     first = load_checkpoint(paths[0])
     average = {k: torch.zeros_like(v, dtype=torch.float64) if v.is_floating_point() else v.clone()
                for k, v in first["state_dict"].items()}
-    ingredients = []
-    for path, weight in zip(paths, weights):
-        ckpt = first if path is paths[0] else load_checkpoint(path)
+    ingredients, histories = [], []
+    for i, (path, weight) in enumerate(zip(paths, weights)):
+        ckpt = first if i == 0 else load_checkpoint(path)
         for key in _SAME:
             if ckpt.get(key) != first.get(key):
                 raise FERError(f"{path} differs from {paths[0]} in its {key.replace('_', ' ')} "
@@ -56,18 +58,11 @@ def average_checkpoints(paths, weights=None) -> dict:
             if value.is_floating_point():
                 average[key] += value.double() * (weight / total)
         ingredients.append(_ingredient(ckpt, path, weight / total))
+        history = ckpt.get("history", [])
+        best = next((r for r in history if r.get("epoch") == ckpt.get("epoch")), None)
+        histories.append({"file": Path(path).name, "weight": weight / total, "best": best, "history": history})
     state_dict = {k: v.to(first["state_dict"][k].dtype) if v.is_floating_point() else v for k, v in average.items()}
-    return {**{k: first[k] for k in ("format", "version", *_SAME)}, "state_dict": state_dict,
-            "metrics": {}, "averaged_from": ingredients}
-
-
-def averaging_history(ckpt: dict, paths) -> dict:
-    """X_metrics.json of an averaged model: each ingredient's weight and training history (as training
-    writes one history per run)."""
-    rows = []
-    for ingredient, path in zip(ckpt["averaged_from"], paths):
-        source = load_checkpoint(path)
-        history = source.get("history", [])
-        best = next((r for r in history if r.get("epoch") == source.get("epoch")), None)
-        rows.append({"file": ingredient["file"], "weight": ingredient["weight"], "best": best, "history": history})
-    return {"model_type": ckpt["model_type"], "class_names": ckpt["class_names"], "averaged_from": rows}
+    checkpoint = {**{k: first[k] for k in ("format", "version", *_SAME)}, "state_dict": state_dict,
+                  "metrics": {}, "averaged_from": ingredients}
+    return checkpoint, {"model_type": first["model_type"], "class_names": first["class_names"],
+                        "averaged_from": histories}

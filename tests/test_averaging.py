@@ -24,7 +24,7 @@ def fer(*args, cwd=REPO):
 
 def test_average_is_the_weighted_mean_of_the_weights(tmp_path):
     a, b = save_default(tmp_path / "a.pth", seed=1), save_default(tmp_path / "b.pth", seed=2)
-    soup = average_checkpoints([tmp_path / "a.pth", tmp_path / "b.pth"], [3, 1])
+    soup, history = average_checkpoints([tmp_path / "a.pth", tmp_path / "b.pth"], [3, 1])
     sa, sb = a.state_dict(), b.state_dict()
     for key, value in soup["state_dict"].items():
         if value.is_floating_point():
@@ -36,11 +36,12 @@ def test_average_is_the_weighted_mean_of_the_weights(tmp_path):
         assert soup[key] == first[key]
     assert [(i["file"], i["weight"]) for i in soup["averaged_from"]] == [("a.pth", 0.75), ("b.pth", 0.25)]
     assert "calibration" not in soup and "optimizer" not in soup
+    assert [(i["file"], i["weight"]) for i in history["averaged_from"]] == [("a.pth", 0.75), ("b.pth", 0.25)]
 
 
 def test_averaging_a_model_with_itself_changes_nothing(tmp_path):
     save_default(tmp_path / "a.pth", seed=3)
-    save_checkpoint(average_checkpoints([tmp_path / "a.pth"] * 2), tmp_path / "soup.pth")
+    save_checkpoint(average_checkpoints([tmp_path / "a.pth"] * 2)[0], tmp_path / "soup.pth")
     crops = [np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(4)]
     np.testing.assert_allclose(Predictor(tmp_path / "soup.pth").predict(crops).probabilities,
                                Predictor(tmp_path / "a.pth").predict(crops).probabilities, atol=1e-6)

@@ -9,7 +9,7 @@ X_metrics.json with each ingredient's weight and training history.
 """
 
 from .. import cli
-from ..averaging import average_checkpoints, averaging_history
+from ..averaging import average_checkpoints
 from ..checkpoint import save_checkpoint
 from ..files import check_output_files, write_json
 from ..training_args import metrics_path
@@ -30,8 +30,7 @@ def main(args):
     inputs = {f"checkpoint {i + 1}": path for i, path in enumerate(args.checkpoints)}
     history_path = metrics_path(args.output)
     check_output_files({"--output": args.output, "--output's history": history_path}, args.overwrite, inputs=inputs)
-    ckpt = average_checkpoints(args.checkpoints, args.weights)
-    history = averaging_history(ckpt, args.checkpoints)
+    ckpt, history = average_checkpoints(args.checkpoints, args.weights)
     save_checkpoint(ckpt, args.output)
     write_json(history_path, history)
     parts = ", ".join(f"{i['file']} x {i['weight']:.3f}" for i in ckpt["averaged_from"])
