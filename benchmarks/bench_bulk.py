@@ -6,7 +6,7 @@ folder: 48x48 gray PNG face crops cut from Test_files/IMG_test_1.jpg (shifted, s
 --no_detect, and 640x480 JPEG photos with one or two faces for detection. The "before" row is the loop
 inference.py ran until issue 14 (one image per forward pass, the fp32 .pth model, no TTA), in this process.
 CPU ms / image (the run's CPU time less a one-image run's) is the figure to compare on a shared machine;
-the stage table sums the worker threads' time per image (read = file read + decode), from fer_common.bulk.
+the stage table sums the worker threads' time per image (read = file read + decode), from fer_common.infer.bulk.
 
     python -m benchmarks.run --only bulk                    # 10,000 crops; memory at 2,000 / 10,000 / 100,000
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_common.bulk import iter_results, list_images
-from fer_common.detection import FaceDetector
-from fer_common.predictor import Predictor
+from fer_common.infer.bulk import iter_results, list_images
+from fer_common.infer.detection import FaceDetector
+from fer_common.infer.predictor import Predictor
 from fer_common.preprocess import read_image
 from fer_common.results import make_result
 

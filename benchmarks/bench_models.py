@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.model.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.runtime import make_session
-from fer_common.onnx_export import export_onnx
-from fer_common.predictor import Predictor
+from fer_common.model.onnx_export import export_onnx
+from fer_common.infer.predictor import Predictor
 from fer_common.preprocess import prepare_batch
-from fer_common.quantize import calibration_crops, quantize_onnx
+from fer_common.model.quantize import calibration_crops, quantize_onnx
 
 from .common import REPO, cpu_cores, fmt, load_default_model, table, time_it, torch_threads
 
@@ -56,9 +56,10 @@ def bench_ort(path, name, runtime, x_by_batch, threads, timing_args, spin=True):
 
 def folder_accuracy(paths: dict, folder, class_names, prep, batch_size: int = 256) -> dict:
     """Top-1 accuracy of each ONNX file in `paths` on an image-folder data set of face crops (no detection)."""
-    from fer_common import data as fdata
+    from fer_common.datasets import folders
+    from fer_common.train import loaders as fdata
 
-    samples, _ = fdata.list_samples(folder, class_names)
+    samples, _ = folders.list_samples(folder, class_names)
     images, labels, bad = fdata.load_into_memory(samples, prep["input_size"], prep["channels"], quiet=True)
     crops = [im[0].numpy() if prep["channels"] == 1 else im.numpy().transpose(1, 2, 0) for im in images]
     labels = labels.numpy()
@@ -143,7 +144,7 @@ def run(args, workdir: Path, log=print) -> dict:
     adv_timing = dict(warmup=1, repeats=1 if quick else 2, min_seconds=0.0)
     advanced = None
     if not args.skip_advanced:
-        from fer_common.models import AdvancedFER, default_preprocessing
+        from fer_common.model.networks import AdvancedFER, default_preprocessing
 
         torch.manual_seed(0)
         adv = AdvancedFER(backbone=args.backbone, pretrained=False).eval()

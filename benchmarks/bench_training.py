@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import torch
 
-from fer_common import data as fdata
+from fer_common.datasets import folders
+from fer_common.train import loaders as fdata
 from fer_common.device import amp_dtype, grad_scaler
 from fer_common.labels import EMOTIONS
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.training import EpochOptions, train_one_epoch
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.train.loop import EpochOptions, train_one_epoch
 
 from .common import cpu_cores, fmt, table, torch_threads
 
@@ -64,7 +65,7 @@ def run(args, workdir: Path, log=print) -> dict:
     per_class = 10 if quick else 64
     epochs = 1 if quick else 2
     root = make_dataset(workdir / "train_synthetic", per_class)
-    samples, _ = fdata.list_samples(root)
+    samples, _ = folders.list_samples(root)
     n = len(samples)
     cores = cpu_cores()
     t0 = time.perf_counter()

@@ -22,11 +22,14 @@ import cv2
 import numpy as np
 import torch
 
-from fer_common.detection import FaceDetector
-from fer_common.predictor import Predictor
-from fer_common.overlay import Overlay
-from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, SceneCuts, VideoFile, VideoPipeline, VideoReader,
-                              output_sinks, pyav_encoders, run_video)
+from fer_common.infer.detection import FaceDetector
+from fer_common.infer.predictor import Predictor
+from fer_common.infer.overlay import Overlay
+from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
+from fer_common.video.pipeline import SceneCuts, VideoPipeline
+from fer_common.video.run import output_sinks, run_video
+from fer_common.video.sinks import VideoFile, pyav_encoders
+from fer_common.video.source import VideoReader
 
 from .bench_models import default_model_files
 from .common import REPO, fmt, peak_rss_kb, table, torch_threads
@@ -170,7 +173,7 @@ def read_frames(video, max_frames: int = 0) -> tuple[list, float]:
 def encoder_report(video, workdir: Path, repeat: int = 3, max_frames: int = 0) -> list[dict]:
     """ms per frame and file size of each --save_output candidate installed here, on the clip `repeat` times
     (or its first `max_frames` frames)."""
-    import fer_common.video as fv
+    import fer_common.video.sinks as fv
 
     frames, fps = read_frames(video)
     frames = (frames * repeat)[:max_frames or None]

@@ -127,9 +127,9 @@ def load_default_model(checkpoint=None):
     model, else a randomly initialised default model."""
     import torch
 
-    from fer_common.checkpoint import load_checkpoint, model_from_checkpoint
+    from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
     from fer_common.labels import EMOTIONS
-    from fer_common.models import FERNet, default_preprocessing
+    from fer_common.model.networks import FERNet, default_preprocessing
 
     path = Path(checkpoint) if checkpoint else (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_file() else None)
     if path is None:

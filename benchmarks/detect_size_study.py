@@ -13,9 +13,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from fer_common.detection import FaceDetector
-from fer_common.predictor import Predictor
-from fer_common.video import VIDEO_MIN_FACE, VideoPipeline
+from fer_common.infer.detection import FaceDetector
+from fer_common.infer.predictor import Predictor
+from fer_common.video.options import VIDEO_MIN_FACE
+from fer_common.video.pipeline import VideoPipeline
 
 from .bench_video import DEFAULT_VIDEO, make_scaled_clip, one_pass
 from .common import REPO

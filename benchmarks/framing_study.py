@@ -23,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_common.data import list_samples
-from fer_common.detection import (FRAME_OFFSET, FRAME_SCALE, SCORE_THRESHOLD, SMALL_FACE_SCORE, FaceDetector,
+from fer_common.datasets.folders import list_samples
+from fer_common.infer.detection import (FRAME_OFFSET, FRAME_SCALE, SCORE_THRESHOLD, SMALL_FACE_SCORE, FaceDetector,
                                   crop_faces, expand_box, fer_framing, keep_scores)
-from fer_common.predictor import Predictor
+from fer_common.infer.predictor import Predictor
 
 from .common import REPO
 from .detection_cases import detection_cases, match

@@ -25,10 +25,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_common.cli import FERError, add_device_args, int_range, make_parser, output_file, path_arg, run_main  # noqa: E402
-from fer_common.data import list_samples  # noqa: E402
+from fer_common.datasets.folders import list_samples  # noqa: E402
 from fer_common.files import atomic_path, check_writable, write_json  # noqa: E402
 from fer_common.labels import class_name  # noqa: E402
-from fer_common.predictor import Predictor  # noqa: E402
+from fer_common.infer.predictor import Predictor  # noqa: E402
 from fer_common.preprocess import read_image  # noqa: E402
 from fer_common.runtime import PROVIDERS  # noqa: E402
 from fer_common.shipped import SHIPPED_MODELS_DIR  # noqa: E402

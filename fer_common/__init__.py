@@ -1,6 +1,6 @@
 """Shared library of the FER toolkit: everything the scripts have in common lives here, once.
 
-    from fer_common import FER          # the Python API (fer_common.api): FER().analyse("photo.jpg")
+    from fer_common import FER  # the Python API (fer_common.api): FER().analyse("photo.jpg")
 
 Modules, each named for what it holds:
     api         FER: the Python API over the objects below
@@ -49,6 +49,6 @@ __version__ = "0.2.0"
 def __getattr__(name):
     # The API loads torch, OpenCV and ONNX Runtime: only when asked for, not for every `import fer_common.cli`.
     if name in ("FER", "Face", "Result"):
-        from . import api
+        from fer_common import api
         return getattr(api, name)
     raise AttributeError(f"module 'fer_common' has no attribute '{name}'")

@@ -8,8 +8,8 @@
 import importlib
 import sys
 
-from . import __version__
-from .commands import ALIASES, COMMANDS
+from fer_common import __version__
+from fer_common.commands import ALIASES, COMMANDS
 
 
 def usage() -> str:
@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     if name not in COMMANDS:
         print(f"fer: error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
-    from .cli import run_main
+    from fer_common.cli import run_main
 
     module = importlib.import_module(f"fer_common.{COMMANDS[name][0]}")
     parser = module.get_args_parser()

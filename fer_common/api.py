@@ -30,12 +30,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .detection import FaceDetector, crop_faces
-from .errors import FERError
-from .predictor import Ensemble, Predictor
-from .preprocess import read_image
-from .results import Face, Result, make_result
-from .shipped import SHIPPED_MODELS_DIR
+from fer_common.infer.detection import FaceDetector, crop_faces
+from fer_common.errors import FERError
+from fer_common.infer.predictor import Ensemble, Predictor
+from fer_common.preprocess import read_image
+from fer_common.results import Face, Result, make_result
+from fer_common.shipped import SHIPPED_MODELS_DIR
 
 SHIPPED_MODEL = "fer_model.int8.onnx"
 ACCEPTED = "a path, a uint8 array (H x W gray, H x W x 3 BGR or H x W x 4 BGRA, as OpenCV gives them) or a PIL image"
@@ -128,7 +128,8 @@ class FER:
         """A Result for each frame of a video file (path) or webcam (int, 0 and up), as real_time_video.py sees
         them: detection every `detect_every` frames with tracking between, probabilities smoothed per face
         (`smooth` = 0 turns it off). Each Face has its track id, the same for a face across frames."""
-        from .video import analyse_video, to_result
+        from fer_common.video.pipeline import analyse_video
+        from fer_common.video.sinks import to_result
 
         if self.detector is None:
             raise FERError("video analysis needs a face detector: FER(detector='yunet')")
@@ -143,7 +144,7 @@ class FER:
 
     def analyse_folder(self, folder, detect: bool = True, recursive: bool = False) -> Iterator[Result]:
         """A Result for every image of a folder, in sorted order; an unreadable image is one with `error`."""
-        from .bulk import analyse_folder
+        from fer_common.infer.bulk import analyse_folder
 
         detector = (lambda: FaceDetector(self.detector.kind)) if detect and self.detector is not None else None
         yield from analyse_folder(folder, self.predictor, detector, recursive=recursive)

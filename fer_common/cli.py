@@ -7,8 +7,8 @@ import os
 import re
 import sys
 
-from .errors import FERError
-from .files import VIDEO_EXTENSIONS, os_error_text, writable_image_extension
+from fer_common.errors import FERError
+from fer_common.files import VIDEO_EXTENSIONS, os_error_text, writable_image_extension
 
 
 # ----------------------------------------------------------------------------- argument types

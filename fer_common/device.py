@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 
-from .errors import FERError
+from fer_common.errors import FERError
 
 
 def cuda_available() -> bool:

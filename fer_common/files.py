@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import FERError
+from fer_common.errors import FERError
 
 # The image files every reader of the toolkit accepts (data sets, inference folders, archive import):
 # every format OpenCV's imdecode reads (OpenEXR is off in OpenCV's wheels, so it is not here).

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from .files import printable, write_image
+from fer_common.files import printable, write_image
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:

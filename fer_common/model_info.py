@@ -8,7 +8,7 @@ rather than somewhere inside drawing, softmax or the runtime.
 import json
 import math
 
-from .errors import FERError
+from fer_common.errors import FERError
 
 MODEL_TYPES = ("default", "advanced")
 MAX_CLASS_NAME = 64         # characters: a name is drawn beside a face and is a CSV column

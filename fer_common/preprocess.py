@@ -24,7 +24,7 @@ ADVANCED_PREPROCESSING = {"input_size": [224, 224], "channels": 3, "mean": IMAGE
 
 
 def image_size_ok(data) -> bool:
-    from .files import MAX_IMAGE_PIXELS, image_header_size
+    from fer_common.files import MAX_IMAGE_PIXELS, image_header_size
 
     size = image_header_size(data)
     return size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS

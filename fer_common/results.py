@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FERError
+from fer_common.errors import FERError
 
 NO_FACE = "no face found"
 UNREADABLE = "cannot decode"

@@ -3,9 +3,9 @@
 import os
 from pathlib import Path
 
-from .device import cpu_count, cuda_available
-from .errors import FERError
-from .preprocess import small_input
+from fer_common.device import cpu_count, cuda_available
+from fer_common.errors import FERError
+from fer_common.preprocess import small_input
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

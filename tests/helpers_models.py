@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.model.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.labels import EMOTIONS
-from fer_common.models import AdvancedFER, FERNet, default_preprocessing
+from fer_common.model.networks import AdvancedFER, FERNet, default_preprocessing
 from synthetic import REPO, run_script  # noqa: F401  (run_script is re-exported for the tests)
 
 TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
@@ -38,7 +38,7 @@ def save_advanced(path, class_names=EMOTIONS) -> AdvancedFER:
 
 def shared_models(tmp_path_factory) -> Path:
     """One folder per test session holding fer_model.pth and its ONNX export (the export takes seconds: made once)."""
-    from fer_common.onnx_export import export_onnx
+    from fer_common.model.onnx_export import export_onnx
 
     root = tmp_path_factory.getbasetemp() / "shared_models"
     if not (root / "fer_model.onnx").is_file():
@@ -53,8 +53,9 @@ def train_briefly(model, data_dir, epochs: int = 15, **train_kwargs):
     """Train `model` in memory on data_dir/train_new for a few epochs; (loss before, loss after, preds, targets).
 
     train_kwargs go to training.EpochOptions (ema, mixup, teachers, ...)."""
-    from fer_common.data import MemoryLoader, list_samples, load_into_memory
-    from fer_common.training import EpochOptions, evaluate, train_one_epoch
+    from fer_common.datasets.folders import list_samples
+    from fer_common.train.loaders import MemoryLoader, load_into_memory
+    from fer_common.train.loop import EpochOptions, evaluate, train_one_epoch
 
     prep = default_preprocessing("default")
     samples, _ = list_samples(data_dir / "train_new")

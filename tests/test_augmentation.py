@@ -1,11 +1,11 @@
-"""fer_common.augmentation: the batched warp, the degradations of the broad policy, and the teachers' clean view."""
+"""fer_common.train.augmentation: the batched warp, the degradations of the broad policy, and the teachers' clean view."""
 
 import numpy as np
 import torch
 
-from fer_common.augmentation import augment, augment_views, degrade, gaussian_blur, jpeg_roundtrip, random_erase
+from fer_common.train.augmentation import augment, augment_views, degrade, gaussian_blur, jpeg_roundtrip, random_erase
 from fer_common.preprocess import ADVANCED_PREPROCESSING, DEFAULT_PREPROCESSING, normalize
-from fer_common.recipes import mix_batch
+from fer_common.train.recipes import mix_batch
 from helpers_models import train_briefly
 
 
@@ -104,9 +104,9 @@ class RecordingTeachers:
 
 
 def test_teachers_see_the_clean_view_and_the_student_the_degraded_one(monkeypatch):
-    from fer_common import training
-    from fer_common.data import MemoryLoader
-    from fer_common.models import FERNet
+    from fer_common.train import loop as training
+    from fer_common.train.loaders import MemoryLoader
+    from fer_common.model.networks import FERNet
 
     views = {}
 
@@ -128,7 +128,7 @@ def test_teachers_see_the_clean_view_and_the_student_the_degraded_one(monkeypatc
 
 
 def test_student_learns_under_broad_augmentation(tiny_data):
-    from fer_common.models import FERNet
+    from fer_common.model.networks import FERNet
 
     torch.manual_seed(0)
     before, after, _, _ = train_briefly(FERNet(widths=(8, 16, 16, 32)), tiny_data, 10, augmentation="broad")

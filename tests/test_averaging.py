@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_common.averaging import average_checkpoints
-from fer_common.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from fer_common.model.averaging import average_checkpoints
+from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fer_common.errors import FERError
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.predictor import Predictor
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.infer.predictor import Predictor
 from helpers_models import PERMUTED, save_default
 from synthetic import REPO
 

@@ -8,13 +8,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.model.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.onnx_export import export_onnx, read_onnx_metadata
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.model.onnx_export import export_onnx, read_onnx_metadata
 from fer_common.preprocess import prepare_batch
-from fer_common.quantize import quantize_onnx
+from fer_common.model.quantize import quantize_onnx
 
 from synthetic import REPO, pattern
 
@@ -66,7 +66,7 @@ def test_quantize_onnx_keeps_metadata_and_outputs(tmp_path):
 
 
 def test_quantize_onnx_refuses_the_advanced_model(tmp_path, monkeypatch):
-    import fer_common.quantize as quantize
+    import fer_common.model.quantize as quantize
 
     shutil.copy(REPO / "models" / "fer_model.onnx", tmp_path / "a.onnx")      # an fp32 file: not quantized yet
     monkeypatch.setattr(quantize, "read_onnx_metadata", lambda path: {"model_type": "advanced",

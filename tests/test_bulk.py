@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_common import bulk
+from fer_common.infer import bulk
 from fer_common.cli import FERError
-from fer_common.predictor import Predictor
+from fer_common.infer.predictor import Predictor
 from fer_common.results import Face, Result, probability_matrix
 from helpers_models import shared_models
 from synthetic import make_crops, pattern

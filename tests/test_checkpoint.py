@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from fer_common.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
-from fer_common.models import AdvancedFER, FERNet, default_preprocessing
+from fer_common.model.networks import AdvancedFER, FERNet, default_preprocessing
 
 
 def test_round_trip_keeps_class_order_and_weights(tmp_path):

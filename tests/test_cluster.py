@@ -1,4 +1,4 @@
-"""fer_common.cluster: the bulk engine on a local Ray cluster of 2 CPUs gives the local engine's rows, survives a
+"""fer_common.infer.cluster: the bulk engine on a local Ray cluster of 2 CPUs gives the local engine's rows, survives a
 killed worker, and writes Parquet that pandas reads; `inference.py --engine ray` as a user types it."""
 
 import os
@@ -8,16 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_common import writers
+from fer_common.infer import writers
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fer-toolkit[cluster]'; make test "
                                         "installs it from requirements-dev.txt)")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
 pd = pytest.importorskip("pandas", reason="pandas is not installed (comes with ray[data])")
 
-from fer_common import bulk, cluster  # noqa: E402
+from fer_common.infer import bulk, cluster  # noqa: E402
 from fer_common.errors import FERError  # noqa: E402
-from fer_common.predictor import Predictor  # noqa: E402
+from fer_common.infer.predictor import Predictor  # noqa: E402
 from fer_common.results import probability_matrix, to_table  # noqa: E402
 from synthetic import REPO, make_crops, run_script  # noqa: E402
 
@@ -115,7 +115,7 @@ def test_ray_rows_equal_the_local_engines_and_parquet_reads_back(ray_cluster, pr
 def test_a_killed_worker_is_retried_and_detected_faces_equal_the_local_engines(ray_cluster, predictor, tmp_path):
     """A worker dies at its second batch: Ray restarts it and runs its block again; every image comes once, and
     the detector's settings travel to the workers (the shipped YuNet finds the local engine's boxes)."""
-    from fer_common.detection import FaceDetector
+    from fer_common.infer.detection import FaceDetector
 
     paths = make_crops(tmp_path / "crops", 16)
     photo = cv2.imread(str(REPO / "Test_files" / "IMG_test_1.jpg"))

@@ -4,10 +4,10 @@ import pytest
 
 import inference
 from benchmarks.detection_cases import detection_cases, grid, match
-from fer_common import detection
+from fer_common.infer import detection
 from fer_common.cli import FERError, run_main
-from fer_common.detection import SHIPPED_YUNET, YUNET_FILE, FaceDetector, crop_faces, expand_box, fer_framing
-from fer_common.video import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
+from fer_common.infer.detection import SHIPPED_YUNET, YUNET_FILE, FaceDetector, crop_faces, expand_box, fer_framing
+from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
 from helpers_models import TEST_IMAGE, TEST_VIDEO
 
 CASES = detection_cases(cv2.imread(str(TEST_IMAGE)))

@@ -1,4 +1,4 @@
-"""download_dataset.py and fer_common.download / fer2013: tiny synthetic data, a local HTTP server, no network."""
+"""download_dataset.py and fer_common.datasets.download / fer2013: tiny synthetic data, a local HTTP server, no network."""
 
 import base64
 import contextlib
@@ -23,9 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 import download_dataset  # noqa: E402
-from fer_common import download, fer2013  # noqa: E402
+from fer_common.datasets import download, fer2013  # noqa: E402
 from fer_common.cli import FERError, run_main  # noqa: E402
-from fer_common.download import COMPLETE_MARKER, import_dataset, read_marker  # noqa: E402
+from fer_common.datasets.download import COMPLETE_MARKER, import_dataset, read_marker  # noqa: E402
 from fer_common.labels import count_table  # noqa: E402
 from fer_common.labels import EMOTIONS  # noqa: E402
 

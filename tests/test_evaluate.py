@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_common.checkpoint import make_checkpoint, save_checkpoint
+from fer_common.model.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.labels import EMOTIONS
 from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.predictor import Predictor
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.infer.predictor import Predictor
 from synthetic import make_folder_dataset, run_script
 
 

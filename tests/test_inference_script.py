@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import inference
-from fer_common import detection
-from fer_common import predictor as predictor_module
+from fer_common.infer import detection
+from fer_common.infer import predictor as predictor_module
 from fer_common.cli import run_main
 from fer_common.labels import EMOTIONS
 from helpers_models import TEST_IMAGE, run_script, save_advanced

@@ -9,16 +9,16 @@ import torch
 
 import fine_tuning
 import validation_split
-from fer_common import training
-from fer_common.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from fer_common.train import loop as training
+from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fer_common.cli import FERError, run_main
-from fer_common.data import find_classes, list_samples
+from fer_common.datasets.folders import find_classes, list_samples
 from fer_common.labels import count_table
 from fer_common.labels import EMOTIONS, class_name, order_names
 from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.overlay import EMOTION_COLOURS, Overlay, emotion_colour
-from fer_common.splitting import split_dataset
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.infer.overlay import EMOTION_COLOURS, Overlay, emotion_colour
+from fer_common.datasets.splitting import split_dataset
 from helpers_models import save_advanced
 from synthetic import make_folder_dataset, run_script
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from fer_common.cli import FERError
-from fer_common.models import AdvancedFER, FERNet, create_backbone, create_model, default_preprocessing
-import fer_common.models as models
+from fer_common.model.networks import AdvancedFER, FERNet, create_backbone, create_model, default_preprocessing
+import fer_common.model.networks as models
 
 
 def _check_model(model, input_shape):

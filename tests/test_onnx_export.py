@@ -5,9 +5,9 @@ import torch
 
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
-from fer_common.models import AdvancedFER, FERNet, default_preprocessing
-from fer_common.onnx_export import export_onnx, read_onnx_metadata
-import fer_common.onnx_export as onnx_export
+from fer_common.model.networks import AdvancedFER, FERNet, default_preprocessing
+from fer_common.model.onnx_export import export_onnx, read_onnx_metadata
+import fer_common.model.onnx_export as onnx_export
 
 
 def _parity(model, path, model_type, prep, batch=3):
@@ -62,7 +62,7 @@ def test_export_cli_re_exports_a_checkpoint_with_its_calibration(tmp_path):
     import subprocess
     import sys
 
-    from fer_common.checkpoint import load_checkpoint, save_checkpoint
+    from fer_common.model.checkpoint import load_checkpoint, save_checkpoint
     from helpers_models import save_default
     from synthetic import REPO
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fer_common.labels import EMOTIONS
-from fer_common.overlay import Overlay, emotion_colour, inside, make_layout, place_panels, upscale_small
-from fer_common.tracking import overlap_area
-from fer_common.video import FrameResult
+from fer_common.infer.overlay import Overlay, emotion_colour, inside, make_layout, place_panels, upscale_small
+from fer_common.boxes import overlap_area
+from fer_common.video.pipeline import FrameResult
 
 
 def probs(n, seed=0):
@@ -113,8 +113,8 @@ def test_panel_bars_follow_the_probabilities():
 
 def test_a_still_with_three_faces_has_numbered_boxes_and_panels_beside_them(monkeypatch):
     """Three faces in a row near the top: each panel touches its own face's box, and faces are numbered."""
-    import fer_common.overlay as overlay_module
-    from fer_common.overlay import _touches, annotate
+    import fer_common.infer.overlay as overlay_module
+    from fer_common.infer.overlay import _touches, annotate
     from fer_common.results import make_result
 
     texts = []

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from fer_common.checkpoint import load_checkpoint
+from fer_common.model.checkpoint import load_checkpoint
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
-from fer_common import predictor as predictor_module
-from fer_common.predictor import Predictor, resolve_model_file
+from fer_common.infer import predictor as predictor_module
+from fer_common.infer.predictor import Predictor, resolve_model_file
 from fer_common.runtime import onnx_providers
 from helpers_models import PERMUTED, save_advanced
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fer_common.checkpoint import load_checkpoint
+from fer_common.model.checkpoint import load_checkpoint
 from fer_common.labels import EMOTIONS
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.onnx_export import read_onnx_metadata
-from fer_common.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
-from fer_common.recipes import ModelEma, Teachers, distillation_loss, mix_batch
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.model.onnx_export import read_onnx_metadata
+from fer_common.infer.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
+from fer_common.train.recipes import ModelEma, Teachers, distillation_loss, mix_batch
 from helpers_models import PERMUTED, save_default, train_briefly
 from synthetic import run_script
 
@@ -178,7 +178,7 @@ def test_evaluate_averages_two_checkpoints(tiny_data, tmp_path):
 
 
 def test_evaluate_reports_calibration_of_a_calibrated_model(tiny_data, tmp_path):
-    from fer_common.checkpoint import save_checkpoint
+    from fer_common.model.checkpoint import save_checkpoint
     import json
 
     save_default(tmp_path / "m.pth", class_names=sorted(EMOTIONS))

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from fer_common import cli, training
-from fer_common.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_common import cli
+from fer_common.train import loop as training
+from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_common.cli import FERError, run_main
-from fer_common.data import MemoryLoader
+from fer_common.train.loaders import MemoryLoader
 from fer_common.files import check_output_files, check_outputs_distinct, writable_image_extension
 from fer_common.labels import EMOTIONS
-from fer_common.models import FERNet, create_backbone, default_preprocessing, load_backbone_weights
-from fer_common.onnx_export import read_onnx_metadata
+from fer_common.model.networks import FERNet, create_backbone, default_preprocessing, load_backbone_weights
+from fer_common.model.onnx_export import read_onnx_metadata
 from fer_common.preprocess import read_image
 from synthetic import REPO, make_folder_dataset
 

@@ -14,13 +14,13 @@ import pytest
 
 from fer_common import files
 from fer_common.cli import make_parser, run_main
-from fer_common.data import list_samples
-from fer_common.download import import_dataset
+from fer_common.datasets.folders import list_samples
+from fer_common.datasets.download import import_dataset
 from fer_common.errors import FERError
 from fer_common.files import (check_outside, check_regular_file, check_writable, make_temp_dir, replace_dir, save_torch,
                               strict_json, write_image, write_json)
 from fer_common.metrics import draw_confusion_matrix
-from fer_common.splitting import split_dataset
+from fer_common.datasets.splitting import split_dataset
 from synthetic import REPO, make_folder_dataset, run_script
 
 MODELS = REPO / "models"
@@ -170,9 +170,9 @@ def test_250_character_names_are_written(tmp_path):
 
 
 def test_a_downloaded_file_with_a_long_name_gets_a_short_local_name():
-    from fer_common.download import url_file_name
+    from fer_common.datasets.download import url_file_name
 
-    from fer_common.download import download_cache
+    from fer_common.datasets.download import download_cache
 
     assert download_cache(Path("data") / ("d" * 250)).name.endswith(".download")
     assert len(download_cache(Path("data") / ("d" * 250)).name) <= 255

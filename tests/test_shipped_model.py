@@ -5,11 +5,11 @@ import json
 import cv2
 import numpy as np
 
-from fer_common.checkpoint import load_checkpoint
-from fer_common.detection import FaceDetector, crop_faces
+from fer_common.model.checkpoint import load_checkpoint
+from fer_common.infer.detection import FaceDetector, crop_faces
 from fer_common.labels import EMOTIONS
-from fer_common.onnx_export import read_onnx_metadata
-from fer_common.predictor import Predictor
+from fer_common.model.onnx_export import read_onnx_metadata
+from fer_common.infer.predictor import Predictor
 from synthetic import REPO, run_script
 
 MODELS = REPO / "models"
@@ -72,8 +72,8 @@ def test_demo_uses_the_shipped_model(tmp_path):
 
 def test_shipped_model_keeps_the_runtime_budget_and_its_metadata():
     """Issue 22's budget: at most 2.5 M parameters; all three files describe the same model."""
-    from fer_common.checkpoint import model_from_checkpoint
-    from fer_common.models import count_parameters
+    from fer_common.model.checkpoint import model_from_checkpoint
+    from fer_common.model.networks import count_parameters
 
     ckpt = load_checkpoint(MODELS / "fer_model.pth", expected_type="default")
     assert count_parameters(model_from_checkpoint(ckpt)) <= 2.5e6

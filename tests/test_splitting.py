@@ -1,4 +1,4 @@
-"""validation_split.py and fer_common.splitting on tiny synthetic folders."""
+"""validation_split.py and fer_common.datasets.splitting on tiny synthetic folders."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 import validation_split  # noqa: E402
 from fer_common.cli import FERError, run_main  # noqa: E402
 from fer_common.labels import EMOTIONS  # noqa: E402
-from fer_common.splitting import list_class_files, plan_split, split_dataset  # noqa: E402
+from fer_common.datasets.splitting import list_class_files, plan_split, split_dataset  # noqa: E402
 
 # Lowercase (Kaggle) and canonical folder names mixed: both must work. 21 -> 2 val, 3 -> 1, 10 -> 1.
 SIZES = {"angry": 21, "Disgust": 3, "fear": 10, "Happy": 12, "sad": 10, "surprise": 10, "Neutral": 10}

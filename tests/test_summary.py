@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from fer_common.cli import FERError
-from fer_common.summary import FaceSummary, plot_summary, summarise_csv
-from fer_common.video import FrameResult, csv_header
+from fer_common.video.summary import FaceSummary, plot_summary, summarise_csv
+from fer_common.video.pipeline import FrameResult
+from fer_common.video.sinks import csv_header
 
 CLASSES = ["calm", "excited", "bored"]          # any label set, not only FER-2013's seven
 P = {"calm": "0.7,0.2,0.1", "excited": "0.1,0.8,0.1", "bored": "0.2,0.2,0.6"}

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fer_common.tracking import FaceTracker, iou, overlap_area
+from fer_common.boxes import iou, overlap_area
+from fer_common.video.tracking import FaceTracker
 
 
 @pytest.mark.parametrize("a, b, expected", [

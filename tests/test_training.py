@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_common.checkpoint import load_checkpoint
+from fer_common.model.checkpoint import load_checkpoint
 from fer_common.cli import run_main
-from fer_common.data import MemoryLoader, load_into_memory, list_samples
-from fer_common.early_stopping import EarlyStopping
+from fer_common.datasets.folders import list_samples
+from fer_common.train.loaders import MemoryLoader, load_into_memory
+from fer_common.train.early_stopping import EarlyStopping
 from fer_common.labels import EMOTIONS
-from fer_common.models import FERNet, default_preprocessing
-from fer_common.training import class_weights
+from fer_common.model.networks import FERNet, default_preprocessing
+from fer_common.train.loop import class_weights
 from helpers_models import train_briefly
 from synthetic import REPO, make_folder_dataset, run_script
 
@@ -197,7 +198,7 @@ def test_streaming_loader_trains_too(tiny_data, tmp_path):
 
 
 def test_streaming_batches_keep_their_size_around_unreadable_images():
-    from fer_common.data import collate_skip_unreadable
+    from fer_common.train.loaders import collate_skip_unreadable
 
     good = (torch.zeros(1, 48, 48, dtype=torch.uint8), 3)
     images, labels = collate_skip_unreadable([good, None, (torch.ones(1, 48, 48, dtype=torch.uint8), 5), None])

@@ -14,15 +14,18 @@ import pytest
 
 import real_time_video
 from fer_common.cli import FERError, run_main
-from fer_common.detection import FaceDetector
+from fer_common.infer.detection import FaceDetector
 from fer_common.labels import EMOTIONS
-from fer_common.predictor import Predictor
-from fer_common.overlay import Overlay
-from fer_common.summary import MATPLOTLIB_MISSING
+from fer_common.infer.predictor import Predictor
+from fer_common.infer.overlay import Overlay
+from fer_common.video.summary import MATPLOTLIB_MISSING
 from fer_common.results import table_columns
-from fer_common.video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, FrameResult, Pacer, SceneCuts, VideoFile,
-                              VideoPipeline, VideoReader, Window, analyse_video, csv_header, output_sinks,
-                              pyav_encoders, run_video)
+from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
+from fer_common.video.pipeline import FrameResult, SceneCuts, VideoPipeline, analyse_video
+from fer_common.video.run import output_sinks, run_video
+from fer_common.video.sinks import VideoFile, csv_header, pyav_encoders
+from fer_common.video.source import VideoReader
+from fer_common.video.window import Pacer, Window
 from helpers_models import TEST_IMAGE, TEST_VIDEO, run_script
 
 
@@ -559,7 +562,7 @@ def test_script_prints_the_codec(models, tmp_path):
 
 
 def test_without_pyav_mp4v_with_a_one_line_note(tmp_path, monkeypatch):
-    monkeypatch.setattr("fer_common.video.pyav_encoders", lambda: set())
+    monkeypatch.setattr("fer_common.video.sinks.pyav_encoders", lambda: set())
     out = tmp_path / "out.mp4"
     with VideoFile(out, 20.0, (64, 48)) as video:
         video.write(np.zeros((48, 64, 3), np.uint8))
@@ -577,12 +580,12 @@ class Terminal(io.StringIO):
 def test_progress_bar_on_a_headless_file_run(models, monkeypatch):
     import functools
 
-    import fer_common.video
+    import fer_common.video.run
 
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
     # every update drawn: a fast run (or a slow one) must not end within tqdm's refresh interval
-    monkeypatch.setattr(fer_common.video, "tqdm", functools.partial(fer_common.video.tqdm, mininterval=0, miniters=1))
+    monkeypatch.setattr(fer_common.video.run, "tqdm", functools.partial(fer_common.video.run.tqdm, mininterval=0, miniters=1))
     with pytest.raises(SystemExit) as e:
         run_main(real_time_video.main, real_time_video.get_args_parser(),
                  ["--video", str(TEST_VIDEO), "--checkpoint", str(models / "fer_model.onnx"), "--no_display",
@@ -606,7 +609,7 @@ class FailingWriter:
 
 
 def test_a_failed_write_is_an_error_and_leaves_no_file(models, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fer_common.video.open_video_writer", FailingWriter)
+    monkeypatch.setattr("fer_common.video.sinks.open_video_writer", FailingWriter)
     out = tmp_path / "out.mp4"
     with pytest.raises(SystemExit) as e:
         run_main(real_time_video.main, real_time_video.get_args_parser(),

@@ -1,4 +1,4 @@
-"""fer_common.web and the browser page (web/): headless Chromium runs the page and must agree with FER().
+"""fer_common.commands.web and the browser page (web/): headless Chromium runs the page and must agree with FER().
 
 Needs Chromium and its driver (Debian: apt-get install chromium chromium-driver), selenium (requirements-dev.txt)
 and ONNX Runtime Web (`npm ci` in web/); each missing piece skips the browser tests with the reason. The page's
@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from fer_common import FER
-from fer_common import web
-from fer_common.detection import FaceDetector
+from fer_common.commands import web
+from fer_common.infer.detection import FaceDetector
 from fer_common.errors import FERError
-from fer_common.tracking import iou
+from fer_common.boxes import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "Test_files" / "IMG_test_1.jpg"
@@ -85,10 +85,10 @@ def test_missing_runtime_is_one_clear_error(monkeypatch, tmp_path):
 
 
 def test_main_as_typed(tmp_path):
-    """python -m fer_common.web --port 0: says where to go, serves the page, stops on a signal."""
+    """python -m fer_common.commands.web --port 0: says where to go, serves the page, stops on a signal."""
     if not (web.ORT_DIR / "ort.wasm.min.mjs").is_file():
         pytest.skip("ONNX Runtime Web is not installed: run `npm ci` in web/")
-    proc = subprocess.Popen([sys.executable, "-m", "fer_common.web", "--port", "0"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "fer_common.commands.web", "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()

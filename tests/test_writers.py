@@ -1,4 +1,4 @@
-"""Streamed result files (fer_common.writers) and the result model's views (fer_common.results)."""
+"""Streamed result files (fer_common.infer.writers) and the result model's views (fer_common.results)."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from fer_common.errors import FERError
 from fer_common.results import Face, Result, make_result, table_columns, to_table
-from fer_common.writers import ResultWriter, meta_path
+from fer_common.infer.writers import ResultWriter, meta_path
 
 NAMES = ["Angry", "Happy", "Sad"]
 META = {"toolkit": "fer-toolkit", "version": "test", "model": "m.onnx", "model_sha256": "a" * 64,

@@ -74,7 +74,7 @@ function rewrite(bytes, start, end, rules) {
   return concat(parts);
 }
 
-// What fer_common.onnx_export.read_onnx_metadata reads: the model's metadata_props (ModelProto field 14).
+// What fer_common.model.onnx_export.read_onnx_metadata reads: the model's metadata_props (ModelProto field 14).
 export function readMetadata(bytes) {
   const text = new TextDecoder(), meta = {};
   for (const f of fields(bytes)) {

@@ -18,6 +18,6 @@ COMMANDS = {
     "calibrate": ("commands.calibrate", None, "fit a model's confidence (temperature) on a data set"),
     "quantize": ("commands.quantize", None, "int8 quantization of an ONNX model"),
     "average": ("commands.average", None, "average the weights of fine-tuned models (a model soup)"),
-    "web": ("web", None, "serve the in-browser page on localhost"),
+    "web": ("commands.web", None, "serve the in-browser page on localhost"),
 }
 ALIASES = {"analyze": "analyse"}

@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..bulk import DEFAULT_BATCH_SIZE, Tally, default_workers, iter_results, list_images
-from ..cli import image_output, make_parser, output_file, positive_int
-from ..cluster import classifier_settings, init_ray, iter_results_ray
-from ..detection import add_detector_args, detector_from_args, detector_settings
-from ..errors import FERError
-from ..files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
-from ..overlay import Overlay, annotate
-from ..predictor import add_predictor_args, predictor_from_args
-from ..preprocess import read_image
-from ..results import probability_matrix
-from ..writers import check_any_output, meta_path, open_writer, provenance
+from fer_common.infer.bulk import DEFAULT_BATCH_SIZE, Tally, default_workers, iter_results, list_images
+from fer_common.cli import image_output, make_parser, output_file, positive_int
+from fer_common.infer.cluster import classifier_settings, init_ray, iter_results_ray
+from fer_common.infer.detection import add_detector_args, detector_from_args, detector_settings
+from fer_common.errors import FERError
+from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
+from fer_common.infer.overlay import Overlay, annotate
+from fer_common.infer.predictor import add_predictor_args, predictor_from_args
+from fer_common.preprocess import read_image
+from fer_common.results import probability_matrix
+from fer_common.infer.writers import check_any_output, meta_path, open_writer, provenance
 
 
 def get_args_parser():

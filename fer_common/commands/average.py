@@ -8,11 +8,11 @@ The checkpoints must share architecture, classes (in one order) and preprocessin
 X_metrics.json with each ingredient's weight and training history.
 """
 
-from .. import cli
-from ..averaging import average_checkpoints
-from ..checkpoint import save_checkpoint
-from ..files import check_output_files, write_json
-from ..training_args import metrics_path
+from fer_common import cli
+from fer_common.model.averaging import average_checkpoints
+from fer_common.model.checkpoint import save_checkpoint
+from fer_common.files import check_output_files, write_json
+from fer_common.train.args import metrics_path
 
 
 def get_args_parser():

@@ -3,8 +3,8 @@
     fer calibrate fer_model.pth --data dataset/val_new --output fer_model.calibrated.pth    # or python -m fer_common calibrate
 """
 
-from .. import cli
-from ..calibration import calibrate_file
+from fer_common import cli
+from fer_common.model.calibration import calibrate_file
 
 
 def get_args_parser():

@@ -10,9 +10,9 @@ A complete data set already at --output is reported, not fetched again (--force 
 import os
 import sys
 
-from ..cli import http_url, make_parser, path_arg, sha256_arg, url_or_path
-from ..download import KAGGLE_API, import_dataset
-from ..labels import count_table
+from fer_common.cli import http_url, make_parser, path_arg, sha256_arg, url_or_path
+from fer_common.datasets.download import KAGGLE_API, import_dataset
+from fer_common.labels import count_table
 
 
 def get_args_parser():

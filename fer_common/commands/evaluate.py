@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..bulk import iter_results
-from ..results import probability_matrix
-from ..calibration import draw_reliability_diagram, expected_calibration_error
-from ..cli import FERError, int_range, make_parser, path_arg
-from ..data import list_samples
-from ..files import check_outside, check_writable, printable, write_json
-from ..metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
-from ..predictor import add_predictor_args, predictor_from_args
+from fer_common.infer.bulk import iter_results
+from fer_common.results import probability_matrix
+from fer_common.model.calibration import draw_reliability_diagram, expected_calibration_error
+from fer_common.cli import FERError, int_range, make_parser, path_arg
+from fer_common.datasets.folders import list_samples
+from fer_common.files import check_outside, check_writable, printable, write_json
+from fer_common.metrics import classification_report, confusion_matrix, draw_confusion_matrix, format_report
+from fer_common.infer.predictor import add_predictor_args, predictor_from_args
 
 
 def get_args_parser():

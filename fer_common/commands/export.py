@@ -4,11 +4,11 @@ of a run; this re-exports any checkpoint).
     fer export fer_model.pth fer_model.onnx          # or: python -m fer_common export ...
 """
 
-from .. import cli
-from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..errors import FERError
-from ..files import check_output_files
-from ..onnx_export import export_onnx
+from fer_common import cli
+from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
+from fer_common.errors import FERError
+from fer_common.files import check_output_files
+from fer_common.model.onnx_export import export_onnx
 
 
 def get_args_parser():

@@ -8,12 +8,12 @@ layers are untrained until the model is fine-tuned. With --checkpoint, a trained
 """
 
 
-from ..checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from ..cli import existing_file, make_parser, output_file, path_arg
-from ..files import check_output_files
-from ..labels import EMOTIONS
-from ..models import add_model_args, create_model, default_preprocessing, model_config_from_args, count_parameters
-from ..onnx_export import export_onnx
+from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_common.cli import existing_file, make_parser, output_file, path_arg
+from fer_common.files import check_output_files
+from fer_common.labels import EMOTIONS
+from fer_common.model.networks import add_model_args, create_model, default_preprocessing, model_config_from_args, count_parameters
+from fer_common.model.onnx_export import export_onnx
 
 
 def get_args_parser():

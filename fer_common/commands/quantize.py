@@ -3,9 +3,9 @@
     fer quantize fer_model.onnx fer_model.int8.onnx --calibration dataset/val_new    # or: python -m fer_common quantize
 """
 
-from .. import cli
-from ..files import check_output_files
-from ..quantize import MAX_CALIBRATION_IMAGES, calibration_crops, quantize_onnx
+from fer_common import cli
+from fer_common.files import check_output_files
+from fer_common.model.quantize import MAX_CALIBRATION_IMAGES, calibration_crops, quantize_onnx
 
 
 def get_args_parser():

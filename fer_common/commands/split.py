@@ -5,9 +5,9 @@
 The same seed and files always give the same split; dataset/train is never changed.
 """
 
-from ..cli import fraction, make_parser, path_arg, seed_int
-from ..labels import count_table
-from ..splitting import MODES, split_dataset
+from fer_common.cli import fraction, make_parser, path_arg, seed_int
+from fer_common.labels import count_table
+from fer_common.datasets.splitting import MODES, split_dataset
 
 
 def get_args_parser():

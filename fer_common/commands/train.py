@@ -7,10 +7,10 @@ epoch, keeps the best checkpoint (lowest validation loss) in fer_model.pth, the 
 fer_model.last.pth (for --resume), the history in fer_model_metrics.json, and exports fer_model.onnx.
 """
 
-from ..cli import make_parser
-from ..models import add_model_args, model_config_from_args
-from ..training import train
-from ..training_args import add_training_args
+from fer_common.cli import make_parser
+from fer_common.model.networks import add_model_args, model_config_from_args
+from fer_common.train.loop import train
+from fer_common.train.args import add_training_args
 
 
 def get_args_parser():

@@ -8,10 +8,10 @@ checkpoint to fer_model_advanced.pth and exports fer_model_advanced.onnx. Starts
 weights (downloaded once; offline, give --pretrained_weights PATH or --no_pretrained).
 """
 
-from ..cli import make_parser
-from ..models import add_model_args, model_config_from_args
-from ..training import train
-from ..training_args import add_training_args
+from fer_common.cli import make_parser
+from fer_common.model.networks import add_model_args, model_config_from_args
+from fer_common.train.loop import train
+from fer_common.train.args import add_training_args
 
 
 def get_args_parser():

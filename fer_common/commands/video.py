@@ -15,13 +15,17 @@ time, a PNG, needs matplotlib). Model files are found as in inference.py.
 
 import json
 
-from ..cli import FERError, existing_file, make_parser, output_file, video_output
-from ..detection import add_detector_args, detector_from_args
-from ..files import check_output_files, write_json
-from ..predictor import add_predictor_args, predictor_from_args
-from ..summary import FaceSummary, plot_summary, require_matplotlib, summarise_csv
-from ..video import (VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, VideoFile, VideoPipeline, VideoReader, Window,
-                   add_video_args, check_video_options, output_sinks, run_video)
+from fer_common.cli import FERError, existing_file, make_parser, output_file, video_output
+from fer_common.infer.detection import add_detector_args, detector_from_args
+from fer_common.files import check_output_files, write_json
+from fer_common.infer.predictor import add_predictor_args, predictor_from_args
+from fer_common.video.summary import FaceSummary, plot_summary, require_matplotlib, summarise_csv
+from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, add_video_args, check_video_options
+from fer_common.video.pipeline import VideoPipeline
+from fer_common.video.run import output_sinks, run_video
+from fer_common.video.sinks import VideoFile
+from fer_common.video.source import VideoReader
+from fer_common.video.window import Window
 
 
 def get_args_parser():

@@ -1,0 +1,133 @@
+"""Serve the browser page (web/) and the shipped models on this machine: FER in the browser, nothing uploaded.
+
+    python -m fer_common.web                      # then open http://127.0.0.1:8000/
+    python -m fer_common.web --port 8080 --host 0.0.0.0
+
+The URLs mirror the repository (/web/..., /models/...), so the page's relative paths are the same here as on
+any static host that serves the repository. Only the page's files and the two model files it loads are served.
+The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run does it), once, online.
+"""
+
+import http.server
+import mimetypes
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from fer_common import cli
+from fer_common.errors import FERError
+from fer_common.shipped import SHIPPED_MODELS_DIR
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+ORT_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+# What the page loads from models/: the int8 classifier and YuNet (fer_common.predictor / detection use the same).
+MODEL_FILES = ("fer_model.int8.onnx", "face_detection_yunet_2023mar.onnx")
+TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
+         ".html": "text/html; charset=utf-8", ".onnx": "application/octet-stream", ".png": "image/png",
+         ".json": "application/json"}
+
+
+def check_web_files() -> None:
+    """A clear error before serving a page that could not run."""
+    if not (WEB_DIR / "index.html").is_file():
+        raise FERError(f"the browser page is missing ({WEB_DIR}): it ships with the repository, not the wheel; "
+                       f"run this from a clone of the repository")
+    if not (ORT_DIR / "ort.wasm.min.mjs").is_file():
+        raise FERError(f"ONNX Runtime Web is not installed ({ORT_DIR}): run `npm ci` in {WEB_DIR} once (online)")
+    for name in MODEL_FILES:
+        if not (SHIPPED_MODELS_DIR / name).is_file():
+            raise FERError(f"the shipped model {SHIPPED_MODELS_DIR / name} is missing: restore it with "
+                           f"`git checkout -- models/{name}`")
+
+
+def resolve(url_path: str) -> Path | None:
+    """The file a URL path names, or None: web/... under web/, /models/<a model the page uses>, nothing else."""
+    parts = [p for p in unquote(urlsplit(url_path).path).split("/") if p]
+    if any(p in (".", "..") or "\\" in p or "\0" in p for p in parts):
+        return None
+    if len(parts) == 2 and parts[0] == "models" and parts[1] in MODEL_FILES:
+        return SHIPPED_MODELS_DIR / parts[1]
+    if parts[:1] != ["web"]:
+        return None
+    path = WEB_DIR.joinpath(*parts[1:])
+    if path.is_dir():
+        path = path / "index.html"
+    return path if path.is_file() else None
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET / HEAD of the page's files; / goes to /web/. Cross-origin isolation headers let ONNX Runtime Web use
+    threads (SharedArrayBuffer); a static host without them still works, on one thread."""
+
+    server_version = "fer-web"
+    quiet = False
+
+    def do_GET(self):
+        self._send(body=True)
+
+    def do_HEAD(self):
+        self._send(body=False)
+
+    def _send(self, body: bool):
+        if urlsplit(self.path).path in ("", "/", "/web"):
+            self.send_response(302)      # to /web/, so that the page's relative URLs resolve as on a static host
+            self.send_header("Location", "/web/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path = resolve(self.path)
+        if path is None:
+            self.send_error(404, "not served: only /web/ and the page's models are")
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", TYPES.get(path.suffix, mimetypes.guess_type(path.name)[0]
+                                                   or "application/octet-stream"))
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> http.server.ThreadingHTTPServer:
+    """A server for the page, bound but not yet serving (port 0: any free port, see server.server_address)."""
+    check_web_files()
+    handler = type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet})
+    try:
+        return http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise FERError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --port") from None
+
+
+def get_args_parser():
+    parser = cli.make_parser(__doc__)
+    g = parser.add_argument_group("Server")
+    g.add_argument("--port", type=cli.int_range(0, 65535, name="port"), default=8000,
+                   help="TCP port (0: any free port)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (127.0.0.1: this machine only; the camera needs localhost or HTTPS)")
+    return parser
+
+
+def main(args):
+    server = make_server(args.host, args.port)
+    host, port = server.server_address[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"FER in the browser: open http://{shown}:{port}/ (Ctrl-C stops; nothing is uploaded, the page runs "
+          f"the models in the browser)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main, get_args_parser())

@@ -1,0 +1,238 @@
+"""Bulk inference: folders of up to millions of images through the model in batches, in input order, in flat memory.
+
+    predictor = Predictor("models/fer_model.int8.onnx")
+    for r in analyse_folder("crops/", predictor, recursive=True):      # no detector: each image is one face
+        print(r.source, r.faces[0].top_emotion if r.faces else r.error)    # a fer_common.results.Result
+    for r in analyse_folder("photos/", predictor, detector=FaceDetector):   # a factory: one detector per thread
+        ...
+
+Worker threads each take a chunk of `batch_size` images, read them (and detect their faces), and send all the
+chunk's faces through the model in one forward pass. OpenCV and ONNX Runtime release the GIL, so the threads
+use every core; only a few chunks are in flight at a time, so memory does not grow with the folder, and
+results come back in input order, as fer_common.results.Result objects (an unreadable image too, with its
+`error`). fer_common.writers streams them to a .jsonl or .csv file that an interrupted run can resume from.
+"""
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fer_common.errors import FERError
+from fer_common.infer.detection import crop_faces
+from fer_common.device import cpu_count
+from fer_common.files import IMAGE_EXTENSIONS, is_image_name
+from fer_common.preprocess import read_image, small_input
+from fer_common.results import UNREADABLE, Result, make_result
+
+# Faces per forward pass. The int8 48x48 model runs 0.39 ms/face from batch 8 to 256 on one core; 64 keeps
+# the chunks small enough to show progress and bound memory (benchmarks/README.md, Bulk inference).
+DEFAULT_BATCH_SIZE = 64
+# Chunks in flight per worker: enough that a worker never waits for the consumer, few enough to bound memory.
+_PREFETCH_PER_WORKER = 2
+
+
+def default_workers() -> int:
+    """Worker threads for reading, detecting and classifying: one per core, at most 8."""
+    return min(8, cpu_count())
+
+
+def _is_file_or_link(entry) -> bool:
+    """A file, or a link that does not lead to a folder (a broken or looping link becomes an unreadable image's
+    result, so that it is reported rather than silently left out)."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:             # a link loop: too many levels of links
+        return True
+
+
+def _folder_images(folder: str, recursive: bool) -> list[str]:
+    """Image paths under `folder` (folder/relative/path), files sorted by name, each folder's files before its
+    sub-folders'. Hidden files and folders (.DS_Store, ._IMG.jpg, temporary files) are left out."""
+    found, stack = [], [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise FERError(f"cannot read folder {current} ({e.strerror})") from None
+        found += [os.path.join(current, e.name) for e in entries if is_image_name(e.name) and _is_file_or_link(e)]
+        if recursive:
+            subfolders = [e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+            stack += reversed(subfolders)      # popped in name order
+    return found
+
+
+def list_images(inputs: Iterable, recursive: bool = False) -> list[str]:
+    """Files as given; folders expanded to their images (sorted; with recursive, sub-folders too).
+
+    Paths are strings (a million Path objects would cost ~300 MB): the folder as given joined with the path
+    below it, e.g. `photos/2019/a.jpg` for the input `photos`.
+    """
+    images = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = _folder_images(str(path), recursive)
+            if not found:
+                has_subfolders = not recursive and any(p.is_dir() for p in path.iterdir())
+                raise FERError(f"no images in folder {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                               + ("; it has sub-folders: add --recursive" if has_subfolders else ""))
+            images += found
+        elif path.is_file():
+            images.append(str(path))
+        else:
+            raise FERError(f"image not found: {path}")
+    return images
+
+
+STAGES = ("read", "detect", "classify")
+
+
+def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
+                   spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
+    """One batch of image paths -> one Result each, in order: read, detect (with `detector`, an object with
+    detect_scored, or None: each image is one face), one forward pass per `batch_size` faces.
+
+    The unit of work of every bulk engine: iter_results' threads here, Ray Data's workers
+    (fer_common.cluster). `start` numbers the results (Result.index); `spent` adds seconds per stage.
+    """
+    spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
+    channels = predictor.preprocessing["channels"]
+    crops, found = [], []              # found: per image (boxes, scores, size, error)
+    for path in paths:
+        t0 = time.perf_counter()
+        # Whole images are decoded as the model's channels, exactly as training decodes them; images to
+        # detect faces in stay BGR, as OpenCV's detectors take them. Either way: converted once.
+        image = read_image(path, 3 if detector is not None else channels, bgr=True)
+        t1 = time.perf_counter()
+        spent["read"] += t1 - t0
+        if image is None:
+            found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
+            continue
+        size = (image.shape[1], image.shape[0])
+        if detector is None:
+            boxes, scores = np.array([[0, 0, *size]], np.int32), None
+            crops.append(image)
+        else:
+            with detect_lock or contextlib.nullcontext():
+                boxes, scores = detector.detect_scored(image)
+            crops += crop_faces(image, boxes)
+            spent["detect"] += time.perf_counter() - t1
+        found.append((boxes, scores, size, None))
+    t0 = time.perf_counter()
+    probs, embs = [], []
+    for i in range(0, max(len(crops), 1), batch_size):
+        with classify_lock or contextlib.nullcontext():
+            p = predictor.predict(crops[i:i + batch_size], bgr=True)
+        probs.append(p.probabilities)
+        embs.append(p.embeddings)
+    probs, embs = np.concatenate(probs), np.concatenate(embs)
+    spent["classify"] += time.perf_counter() - t0
+    results, k = [], 0
+    for j, (path, (boxes, scores, size, error)) in enumerate(zip(paths, found)):
+        n = len(boxes)
+        results.append(make_result(path, predictor.class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
+                                   size=size, error=error, index=start + j))
+        k += n
+    return results
+
+
+def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int | None = None, timings: dict | None = None) -> Iterator[Result]:
+    """Classify every image, yielding one Result per image in input order (unreadable ones with `error`).
+
+    detector: None classifies each whole image as one face (face crops), decoded as the model's input
+        channels exactly as training and evaluate.py decode them. Else a zero-argument factory
+        (e.g. `FaceDetector` or `lambda: detector_from_args(args)`), called once per worker thread because
+        OpenCV's detectors are not thread-safe; or one detector object, then shared under a lock.
+    batch_size: images read per task, and at most this many faces per forward pass.
+    timings: if given, seconds spent per stage (read, detect, classify), summed over the worker threads.
+    """
+    if batch_size < 1:
+        raise FERError(f"batch size must be at least 1, not {batch_size}")
+    workers = workers or default_workers()
+    # Big models use every core for one forward pass already: running two at once would only thrash.
+    classify_lock = None if small_input(predictor.preprocessing) else threading.Lock()
+    local = threading.local()
+    is_instance = detector is not None and not isinstance(detector, type) and hasattr(detector, "detect")
+    shared, detect_lock = (detector, threading.Lock()) if is_instance else (None, None)
+
+    def get_detector():
+        if detector is None or shared is not None:
+            return shared
+        if getattr(local, "detector", None) is None:
+            local.detector = detector()
+        return local.detector
+
+    def run_chunk(start: int, paths: list) -> tuple[list, dict]:
+        spent = dict.fromkeys(STAGES, 0.0)
+        results = classify_batch(predictor, paths, get_detector(), batch_size, start, spent, detect_lock,
+                                 classify_lock)
+        return results, spent
+
+    chunks = ((s, images[s:s + batch_size]) for s in range(0, len(images), batch_size))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="fer-bulk")
+    pending = deque()
+    try:
+        for start, paths in chunks:
+            pending.append(pool.submit(run_chunk, start, paths))
+            if len(pending) >= workers * _PREFETCH_PER_WORKER:
+                break
+        while pending:
+            results, spent = pending.popleft().result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(pool.submit(run_chunk, *nxt))
+            if timings is not None:
+                for stage, seconds in spent.items():
+                    timings[stage] = timings.get(stage, 0.0) + seconds
+            yield from results
+    finally:
+        # The consumer stopped early (an error, --strict, Ctrl-C): drop queued chunks, let running ones end.
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def analyse_folder(folder, predictor, detector=None, recursive: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+                   workers: int | None = None, skip: set | frozenset = frozenset()) -> Iterator[Result]:
+    """iter_results over the images of a folder (sorted; sub-folders too with recursive), minus those in `skip`."""
+    images = [p for p in list_images([folder], recursive) if p not in skip]
+    return iter_results(predictor, images, detector, batch_size, workers)
+
+
+class Tally:
+    """Counts for the summary line: images read, skipped (unreadable, the first few kept), without a face, faces."""
+
+    def __init__(self, keep: int = 5):
+        self.read = self.no_face = self.faces = 0
+        self.skipped: list = []
+        self.skipped_count, self.keep = 0, keep
+
+    def add(self, result: Result) -> None:
+        if result.size is None:
+            self.skipped_count += 1
+            if len(self.skipped) < self.keep:
+                self.skipped.append(result.source)
+            return
+        self.read += 1
+        self.faces += len(result.faces)
+        self.no_face += len(result.faces) == 0
+
+    def summary(self) -> str:
+        return (f"{self.read + self.skipped_count} images: {self.read} read, {self.skipped_count} skipped "
+                f"(unreadable), {self.no_face} without a face; {self.faces} faces")
+
+    def skipped_report(self) -> str | None:
+        if not self.skipped_count:
+            return None
+        more = f" (and {self.skipped_count - len(self.skipped)} more)" if self.skipped_count > len(self.skipped) else ""
+        return f"warning: skipped {self.skipped_count} unreadable image(s): {', '.join(self.skipped)}{more}"

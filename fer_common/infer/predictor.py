@@ -1,0 +1,289 @@
+"""One predictor, two runtimes: face crops in, emotion probabilities and 128-d embeddings out.
+
+    predictor = Predictor("fer_model.pth")            # or "fer_model.onnx"
+    probabilities, embeddings = predictor(crops)      # N x num_classes, N x 128, one batched forward
+
+The model file carries everything needed to use it (model type, class names in output order,
+preprocessing), so a .pth checkpoint and its ONNX export give the same answers.
+
+ONNX files run with NumPy, OpenCV and ONNX Runtime only; PyTorch is imported when a .pth file is loaded.
+"""
+
+import copy
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fer_common import cli
+from fer_common.cli import add_device_args
+from fer_common.device import set_cpu_threads
+from fer_common.errors import FERError
+from fer_common.metrics import softmax
+from fer_common.model_info import MODEL_TYPES, parse_onnx_metadata, read_metadata_props, temperature_of
+from fer_common.preprocess import prepare_batch, small_input
+from fer_common.runtime import PROVIDERS, make_session
+from fer_common.shipped import SHIPPED_MODELS_DIR
+
+# What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
+MODEL_STEMS = {"default": "fer_model", "advanced": "fer_model_advanced"}
+
+
+class Prediction(NamedTuple):
+    probabilities: np.ndarray   # N x num_classes float32, rows sum to 1, columns in predictor.class_names order
+    embeddings: np.ndarray      # N x embedding_dim float32
+
+
+class Predictor:
+    """Emotion probabilities and embeddings for a list of face crops, from a .pth checkpoint or an ONNX file.
+
+    path: model file; '.onnx' runs through ONNX Runtime, anything else is loaded as a PyTorch checkpoint.
+    model_type: if given, the file must hold this model type (a clear error otherwise).
+    device: PyTorch device ('auto' | 'cpu' | 'cuda' ...); with ONNX, 'cpu' keeps ONNX Runtime on the CPU.
+    provider: ONNX Runtime provider, 'auto' | 'cpu' | 'cuda' | 'tensorrt' (auto: CUDA when torch sees a GPU).
+    tta: also classify each crop's mirror image and average the two probabilities (one batch of 2N).
+    """
+
+    def __init__(self, path, model_type: str | None = None, device: str = "auto", provider: str = "auto",
+                 tta: bool = False):
+        self.path = Path(path)
+        self.tta = tta
+        self.runtime = "onnx" if self.path.suffix.lower() == ".onnx" else "torch"
+        if not self.path.is_file():
+            raise FERError(f"model file not found: {self.path}" if not self.path.exists()
+                           else f"model file {self.path} is not a regular file")
+        info = self._load_onnx(provider, device) if self.runtime == "onnx" else self._load_torch(device)
+        if model_type is not None and info["model_type"] != model_type:
+            raise FERError(f"{self.path} holds a '{info['model_type']}' model, not '{model_type}' "
+                           f"(use --model_type {info['model_type']})")
+        self.model_type = info["model_type"]
+        self.class_names = list(info["class_names"])
+        self.preprocessing = dict(info["preprocessing"])
+        self.temperature = temperature_of(info.get("calibration"), self.path)
+
+    def _load_onnx(self, provider: str, device: str) -> dict:
+        info = parse_onnx_metadata(read_metadata_props(self.path), self.path)
+        self.session, self.provider = make_session(self.path, provider, device, info["preprocessing"])
+        self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
+        check_session(self.session, info, self.path)
+        dim = self.session.get_outputs()[1].shape[-1]
+        self.embedding_dim = dim if isinstance(dim, int) else 128
+        return info
+
+    def _load_torch(self, device: str) -> dict:
+        try:
+            import torch
+        except ImportError:
+            raise FERError(f"{self.path} is a PyTorch checkpoint, and PyTorch is not installed: install the "
+                           f"training extra (pip install 'fer-toolkit[train]'), or use an .onnx model") from None
+        from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
+        from fer_common.device import resolve_device
+
+        ckpt = load_checkpoint(self.path)
+        self.embedding_dim = int(ckpt.get("model_config", {}).get("embedding_dim", 128))
+        self._device = resolve_device(device)
+        self.device = str(self._device)
+        self.provider = None
+        model = model_from_checkpoint(ckpt, self.path).to(self._device)
+        # cuDNN runs convolutions fastest on NHWC tensors.
+        self._memory_format = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(memory_format=self._memory_format).eval()
+        return {k: ckpt.get(k) for k in ("model_type", "class_names", "preprocessing", "calibration")}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def small(self) -> bool:
+        """A model too small to split across cores (the 48x48 CNN): one thread runs it fastest."""
+        return small_input(self.preprocessing)
+
+    def with_temperature(self, temperature: float) -> "Predictor":
+        """The same loaded model with another softmax temperature (1.0: the raw, uncalibrated probabilities)."""
+        other = copy.copy(self)
+        other.temperature = temperature
+        return other
+
+    def set_threads(self) -> None:
+        """For scripts: PyTorch threads that suit this model. A small CNN gains nothing from intra-op threads
+        at a few faces per batch, and on a busy CPU their spin-waits cost far more than they give. ONNX sessions
+        get their threads when they are made (runtime.make_session)."""
+        if self.runtime == "torch":
+            set_cpu_threads(1 if self.small else None)
+
+    def describe(self) -> str:
+        where = self.provider if self.runtime == "onnx" else self.device
+        return f"{self.path} ({self.model_type} model, {self.runtime} on {where}{', TTA' if self.tta else ''})"
+
+    def __call__(self, crops, bgr: bool = True) -> Prediction:
+        return self.predict(crops, bgr)
+
+    def predict(self, crops, bgr: bool = True, temperature: float | None = None) -> Prediction:
+        """crops: uint8 face images (HxWx3 BGR as OpenCV gives them, or HxW gray), any sizes. One forward pass.
+
+        Probabilities are softmax(logits / T) with the model's fitted temperature T (1 for an uncalibrated
+        model); `temperature` overrides it (1.0 gives the raw, uncalibrated probabilities).
+        """
+        crops = list(crops)
+        if not crops:
+            return Prediction(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
+        batch = prepare_batch(crops, self.preprocessing, bgr=bgr)            # N, C, H, W
+        n = len(crops)
+        if self.tta:
+            batch = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])   # + mirror images: 2N
+        logits, embeddings = self._forward(batch)
+        probabilities = softmax(logits, self.temperature if temperature is None else temperature)
+        if self.tta:
+            # The mirror image is the same face: average what the two say; the embedding stays the original's.
+            probabilities = (probabilities[:n] + probabilities[n:]) / 2
+            embeddings = embeddings[:n]
+        return Prediction(probabilities.astype(np.float32), embeddings.astype(np.float32))
+
+    def _forward(self, batch: np.ndarray):
+        if self.runtime == "onnx":
+            logits, embeddings = self.session.run(["logits", "embedding"], {"input": batch})
+            return logits, embeddings
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._device, non_blocking=True).to(memory_format=self._memory_format)
+            logits, embeddings = self.model(x)
+            return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
+
+
+def check_session(session, info: dict, path) -> None:
+    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    if list(inputs) != ["input"] or [o.name for o in session.get_outputs()][:2] != ["logits", "embedding"]:
+        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
+                       f"not input / logits, embedding: export it with this toolkit")
+    prep, shape = info["preprocessing"], inputs["input"]
+    expected = [prep["channels"], *prep["input_size"]]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
+                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
+    logits, n = outputs["logits"], len(info["class_names"])
+    if len(logits) != 2 or (isinstance(logits[1], int) and logits[1] != n):
+        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
+                       f"its metadata names {n} classes ({', '.join(info['class_names'])})")
+
+
+class Ensemble:
+    """Several predictors used as one: their probabilities are averaged (in the first model's class order).
+
+    The models may differ in architecture, input size and runtime, but must share their class names (in any
+    order). Embeddings come from the first model: embeddings of different models live in different spaces.
+    """
+
+    def __init__(self, members: list):
+        if not members:
+            raise FERError("an ensemble needs at least one model")
+        first = members[0]
+        self.members = members
+        self.class_names = list(first.class_names)
+        self.order = []
+        for m in members:
+            if sorted(m.class_names) != sorted(self.class_names):
+                raise FERError(f"{m.path} predicts {m.class_names}, {first.path} predicts {self.class_names}: "
+                               f"an ensemble needs models of the same classes")
+            self.order.append([m.class_names.index(c) for c in self.class_names])
+        # What callers read off a predictor: the first model's file, preprocessing and embedding.
+        for name in ("path", "model_type", "preprocessing", "embedding_dim", "tta", "runtime", "device", "provider"):
+            setattr(self, name, getattr(first, name))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def set_threads(self) -> None:
+        if any(m.runtime == "torch" for m in self.members):
+            set_cpu_threads(1 if all(m.small for m in self.members) else None)
+
+    @property
+    def temperature(self) -> float:
+        return self.members[0].temperature if len({m.temperature for m in self.members}) == 1 else float("nan")
+
+    def with_temperature(self, temperature: float) -> "Ensemble":
+        return Ensemble([m.with_temperature(temperature) for m in self.members])
+
+    def describe(self) -> str:
+        return f"ensemble of {len(self.members)}: " + " + ".join(m.describe() for m in self.members)
+
+    def __call__(self, crops, bgr: bool = True) -> Prediction:
+        return self.predict(crops, bgr)
+
+    def predict(self, crops, bgr: bool = True, temperature: float | None = None) -> Prediction:
+        crops = list(crops)
+        results = [m.predict(crops, bgr, temperature) for m in self.members]
+        probabilities = np.mean([r.probabilities[:, order] for r, order in zip(results, self.order)], axis=0)
+        return Prediction(probabilities.astype(np.float32), results[0].embeddings)
+
+
+def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, fast: bool = False) -> list[Path]:
+    """Where a model is looked for without --checkpoint, in order: what training writes here, then the shipped one.
+
+    fast: prefer the shipped int8 ONNX model (4x faster per face on a CPU, as accurate on PublicTest as the fp32
+    one: models/README.md) over the fp32 one, as inference.py and real_time_video.py do.
+    """
+    ext = ".onnx" if use_onnx else ".pth"
+    candidates = [Path(cwd or ".") / f"{MODEL_STEMS[model_type]}{ext}"]
+    if model_type == "default":
+        if fast:
+            candidates.append(SHIPPED_MODELS_DIR / "fer_model.int8.onnx")
+        candidates.append(SHIPPED_MODELS_DIR / f"fer_model{ext}")
+    return candidates
+
+
+def resolve_model_file(model_type: str, checkpoint=None, use_onnx: bool = False, cwd=None, fast: bool = False) -> Path:
+    """--checkpoint if given; else fer_model[_advanced].pth/.onnx in the current folder; else the shipped model."""
+    if model_type not in MODEL_STEMS:
+        raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_STEMS)})")
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FERError(f"model file not found: {path}")
+        return path
+    candidates = default_model_candidates(model_type, use_onnx, cwd, fast)
+    for path in candidates:
+        if path.is_file():
+            return path
+    how = ("train one with fine_tuning.py" if model_type == "default"
+           else "train one with advanced_fine_tuning.py, or make one with advanced_pretrained.py")
+    kind = "ONNX file" if use_onnx else "checkpoint"
+    raise FERError(f"no {model_type} {kind} found (looked for {', '.join(str(p) for p in candidates)}): "
+                   f"pass --checkpoint PATH, or {how}")
+
+
+def add_predictor_args(parser, tta: bool = False):
+    """Model and runtime flags shared by inference.py, evaluate.py and real_time_video.py.
+
+    tta: whether mirror test-time augmentation is on by default. It gains about a point of accuracy for twice
+    the classifier time per face: worth it for images and evaluation, not within a live frame's budget.
+    """
+    g = parser.add_argument_group("Model")
+    g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
+                   help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
+    g.add_argument("--checkpoint", metavar="PATH", nargs="+", type=cli.path_arg,
+                   help="model file (.pth or .onnx); several files make an ensemble that averages their "
+                        "probabilities; default: fer_model.pth / fer_model_advanced.pth here "
+                        "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")
+    g.add_argument("--use_onnx", action="store_true", help="run the ONNX export through ONNX Runtime")
+    g.add_argument("--provider", default="auto", choices=PROVIDERS,
+                   help="ONNX Runtime provider (auto: CUDA when a GPU is usable, else the CPU)")
+    g.add_argument("--tta", dest="tta", action="store_true", default=tta,
+                   help="test-time augmentation: average each face's probabilities with its mirror image's")
+    g.add_argument("--no_tta", dest="tta", action="store_false", help="classify each face once (no mirror image)")
+    add_device_args(parser)
+    return g
+
+
+def predictor_from_args(args, log=print, fast: bool = False):
+    """Resolve the model file(s) from the flags, load them once, and say which files were loaded."""
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]
+    paths = [resolve_model_file(args.model_type, c, args.use_onnx, fast=fast) for c in checkpoints]
+    members = [Predictor(p, args.model_type, device=args.device, provider=args.provider, tta=args.tta) for p in paths]
+    predictor = members[0] if len(members) == 1 else Ensemble(members)
+    log(f"model: {predictor.describe()}")
+    return predictor
