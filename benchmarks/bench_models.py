@@ -15,7 +15,8 @@ from fer_common.runtime import make_session
 from fer_common.model.onnx_export import export_onnx
 from fer_common.infer.predictor import Predictor
 from fer_common.preprocess import prepare_batch
-from fer_common.model.quantize import calibration_crops, quantize_onnx
+from fer_common.datasets.folders import sample_crops
+from fer_common.model.quantize import quantize_onnx
 
 from .common import REPO, cpu_cores, fmt, load_default_model, table, time_it, torch_threads
 
@@ -93,7 +94,7 @@ def default_model_files(args, workdir: Path, log=print) -> dict:
     export_onnx(model, files["onnx"], "default", class_names, prep, verbose=False)
     calib_folder = args.calibration_data or (REPO / "dataset" / "val_new")
     if Path(calib_folder).is_dir():
-        crops = calibration_crops(calib_folder, n=100 if args.quick else 400)
+        crops = sample_crops(calib_folder, n=100 if args.quick else 400)
         files["calibration"] = f"{len(crops)} crops from {calib_folder}"
     else:
         rng = np.random.default_rng(0)

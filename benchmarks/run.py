@@ -17,7 +17,7 @@ if __package__ in (None, ""):          # run as `python benchmarks/run.py`
 
 from fer_common.cli import make_parser, run_main  # noqa: E402
 from fer_common.files import write_json  # noqa: E402
-from fer_common.model.networks import DEFAULT_BACKBONE  # noqa: E402
+from fer_common.model.config import DEFAULT_BACKBONE  # noqa: E402
 
 from benchmarks.common import machine_info, machine_line  # noqa: E402
 

@@ -8,8 +8,8 @@
 import importlib
 import sys
 
-from fer_common import __version__
 from fer_common.commands import ALIASES, COMMANDS
+from fer_common.version import __version__
 
 
 def usage() -> str:

@@ -227,21 +227,31 @@ def quiet_native_logs() -> None:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
-    """Parse arguments, call main(args), and turn FERError / Ctrl-C into one line and an exit code.
+# What the light install (pip install .) leaves out and the [train] extra brings.
+TRAIN_EXTRA_MODULES = ("torch", "torchvision", "timm", "onnx", "onnxscript")
 
-    Anything else still ends in one line (asking for a report), never a traceback.
-    """
-    quiet_native_logs()
-    # A file name that is not UTF-8 (a lone surrogate in Python) is printed with its bytes escapes, not a crash.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")
-    args = parser.parse_args(argv)
+
+def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
+    """One line for a module of the [train] extra that is not installed; None for any other missing module."""
+    name = (e.name or "").split(".")[0]
+    if name not in TRAIN_EXTRA_MODULES:
+        return None
+    what = "PyTorch" if name.startswith("torch") else name
+    return f"{prog} needs {what}, which the light install leaves out: pip install 'fer-toolkit[train]'"
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str = "fer"):
+    """Turn FERError, a missing [train] module, Ctrl-C, a closed pipe or an OS error into one line and an exit
+    code. Anything else still ends in one line (asking for a report), never a traceback."""
     try:
-        code = main(args)
+        yield
     except FERError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except ModuleNotFoundError as e:
+        print(f"error: {missing_extra_message(e, prog) or f'a module is missing: {e.name} (please report)'}",
+              file=sys.stderr)
         sys.exit(1)
     except MemoryError:
         print("error: out of memory (an input much larger than expected? try a smaller --batch_size)",
@@ -261,4 +271,16 @@ def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         print(f"error: unexpected {type(e).__name__}: {first} (please report)", file=sys.stderr)
         sys.exit(1)
+
+
+def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
+    """Parse arguments, call main(args), and turn every failure into one line and an exit code (one_line_errors)."""
+    quiet_native_logs()
+    # A file name that is not UTF-8 (a lone surrogate in Python) is printed with its bytes escapes, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    args = parser.parse_args(argv)
+    with one_line_errors(parser.prog):
+        code = main(args)
     sys.exit(code or 0)

@@ -125,3 +125,8 @@ def set_cpu_threads(threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads or cpu_count()))
+
+
+def default_num_workers() -> int:
+    """Data-loading processes for training: one per core, at most 4."""
+    return min(4, cpu_count())

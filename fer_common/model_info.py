@@ -6,6 +6,7 @@ rather than somewhere inside drawing, softmax or the runtime.
 """
 
 import json
+from pathlib import Path
 import math
 
 from fer_common.errors import FERError
@@ -153,3 +154,30 @@ def set_metadata(proto, props: dict) -> None:
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=str(value))
+
+
+def read_onnx_metadata(path) -> dict:
+    """model_type, class_names, preprocessing and calibration as export_onnx stored them: the one reader of an
+    ONNX file's metadata (no onnx package, no session; the graph is checked where one is loaded: check_graph)."""
+    if not Path(path).is_file():
+        raise FERError(f"ONNX file not found: {path}")
+    return parse_onnx_metadata(read_metadata_props(path), path)
+
+
+def check_graph(path, info: dict, inputs: dict, outputs: dict) -> None:
+    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding.
+
+    inputs, outputs: name -> shape in graph order, as the onnx package or an ONNX Runtime session gives them
+    (an int for a fixed size, anything else for a dynamic one)."""
+    if list(inputs) != ["input"] or list(outputs)[:2] != ["logits", "embedding"]:
+        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
+                       f"not input / logits, embedding: export it with this toolkit")
+    prep, shape = info["preprocessing"], list(inputs["input"])
+    expected = [prep["channels"], *prep["input_size"]]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
+                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
+    logits, n = list(outputs["logits"]), len(info["class_names"])
+    if len(logits) != 2 or (isinstance(logits[1], int) and logits[1] != n):
+        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
+                       f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")

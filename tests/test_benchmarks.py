@@ -12,7 +12,8 @@ from fer_common.model.checkpoint import make_checkpoint, save_checkpoint
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import FERNet, default_preprocessing
-from fer_common.model.onnx_export import export_onnx, read_onnx_metadata
+from fer_common.model.onnx_export import export_onnx
+from fer_common.model_info import read_onnx_metadata
 from fer_common.preprocess import prepare_batch
 from fer_common.model.quantize import quantize_onnx
 

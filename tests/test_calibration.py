@@ -7,11 +7,13 @@ import cv2
 import numpy as np
 import torch
 
-from fer_common.model.calibration import calibrate_file, draw_reliability_diagram, expected_calibration_error, fit_temperature
+from fer_common.commands.calibrate import calibrate_file
+from fer_common.model.calibration import draw_reliability_diagram, expected_calibration_error, fit_temperature
 from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fer_common.metrics import softmax
 from fer_common.model.networks import default_preprocessing
-from fer_common.model.onnx_export import export_onnx, read_onnx_metadata
+from fer_common.model.onnx_export import export_onnx
+from fer_common.model_info import read_onnx_metadata
 from fer_common.infer.predictor import Predictor
 from helpers_models import save_default
 from synthetic import REPO, make_folder_dataset

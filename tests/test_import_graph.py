@@ -1,4 +1,9 @@
-"""Imports point down (issue 23): every fer_common module imports alone, and no two import each other.
+"""Imports point down: every fer_common module imports alone, no two import each other, and the layers hold.
+
+The layers (issue 30): the base modules at the top of the package import only each other; model/ and
+datasets/ import the base; infer/ the base and model/; train/ the base, model/ and datasets/; video/ the base
+and infer/; the API (fer_common.api, the package face) and commands/ import anything. PyTorch is imported at
+module level only in model/ and train/: the ONNX path and every command's --help load without it.
 
 The graph is read from the source with ast, counting imports inside functions too: an import moved into a
 function to dodge a loop is still a loop.
@@ -110,7 +115,8 @@ def test_the_graph_reader_sees_imports_inside_functions_and_finds_cycles():
     assert find_cycles({"a": {"b"}, "b": set()}) == []
     # calibration imports the predictor and the bulk reader; checkpoint imports models (at module level).
     graph = import_graph()
-    assert {"infer.predictor", "infer.bulk"} <= graph["model.calibration"] and "model.networks" in graph["model.checkpoint"]
+    assert {"infer.predictor", "infer.bulk"} <= graph["commands.calibrate"] and "model.networks" in graph["model.checkpoint"]
+    assert "model.checkpoint" in graph["infer.predictor"]
     if "commands.train" in graph:      # sub-packages too, through `from ..x import a`
         assert "train.loop" in graph["commands.train"]
 
@@ -151,3 +157,81 @@ def test_metrics_import_without_torch_or_matplotlib():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "[]"
+
+
+BASE = {"boxes", "cli", "device", "errors", "files", "labels", "metrics", "model_info", "preprocess", "results",
+        "runtime", "shipped", "version"}
+MAY_IMPORT = {
+    "base": {"base"},
+    "model": {"base", "model"},
+    "datasets": {"base", "datasets"},
+    "infer": {"base", "model", "infer"},
+    "train": {"base", "model", "datasets", "train"},
+    "video": {"base", "infer", "video"},
+}
+TORCH_AT_TOP = {"model", "train"}
+
+
+def layer(name: str) -> str:
+    top = name.split(".")[0]
+    if top in BASE:
+        return "base"
+    if top in ("api", "__main__", "commands"):
+        return "top"
+    assert top in MAY_IMPORT, f"fer_common.{name} is in no layer: add it to BASE or a sub-package"
+    return top
+
+
+def test_every_module_is_in_a_layer_and_the_base_is_small():
+    names = module_names()
+    for name in names:
+        layer(name)
+    assert len([n for n in names if "." not in n and n not in MAY_IMPORT and n != "commands"]) <= 20
+
+
+def test_layers_import_only_what_they_may():
+    broken = []
+    for name, imported in import_graph().items():
+        allowed = MAY_IMPORT.get(layer(name))
+        if allowed is None:
+            continue
+        broken += [f"{name} -> {other}" for other in sorted(imported) if layer(other) not in allowed]
+    assert not broken, "imports against the layers: " + "; ".join(broken)
+
+
+def top_level_imports(name: str) -> set[str]:
+    """Root packages a module imports at module level (not inside functions)."""
+    tree = ast.parse(_source(name).read_text(encoding="utf-8"))
+    roots = set()
+    for node in tree.body:
+        nodes = [node]
+        if isinstance(node, (ast.If, ast.Try)):      # `try: import x` at module level still runs at import
+            nodes = list(ast.walk(node))
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                roots |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and not n.level and n.module:
+                roots.add(n.module.split(".")[0])
+    return roots
+
+
+def test_torch_is_imported_at_module_level_only_in_model_and_train():
+    heavy = {"torch", "torchvision", "timm"}
+    found = {name: sorted(top_level_imports(name) & heavy) for name in module_names()}
+    broken = [f"{name} ({', '.join(mods)})" for name, mods in found.items() if mods and layer(name) not in TORCH_AT_TOP]
+    assert not broken, "PyTorch at module level outside model/ and train/: " + "; ".join(broken)
+
+
+def test_the_layer_rule_sees_a_wrong_import():
+    assert layer("infer.predictor") == "infer" and layer("cli") == "base" and layer("commands.train") == "top"
+    assert "video" not in MAY_IMPORT["infer"] and "datasets" not in MAY_IMPORT["model"]
+
+
+def test_the_package_face_names_every_public_object():
+    import fer_common
+
+    for name, module in fer_common.PUBLIC.items():
+        obj = getattr(fer_common, name)
+        assert obj.__module__ == module or name == "to_dataframe", name
+    with __import__("pytest").raises(AttributeError):
+        fer_common.no_such_thing

@@ -9,8 +9,9 @@ import venv
 
 import pytest
 
+from fer_common.commands import COMMANDS
 from helpers_models import TEST_VIDEO
-from synthetic import REPO
+from synthetic import REPO, make_folder_dataset
 
 TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
 HEAVY = ("torch", "torchvision", "timm", "onnx", "matplotlib")
@@ -47,6 +48,38 @@ def test_a_pth_model_without_torch_names_the_extra(tmp_path):
     r = run_fer(["analyse", TEST_IMAGE, "--checkpoint", REPO / "models" / "fer_model.pth"], tmp_path, True)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "fer-toolkit[train]" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_prints_its_help_without_torch(tmp_path, name):
+    r = run_fer([name, "--help"], tmp_path, True)
+    assert r.returncode == 0, r.stderr
+    assert f"usage: fer {name}" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_evaluate_and_calibrate_an_onnx_model_without_torch(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", per_class=(3,), splits=("test",))
+    r = run_fer(["evaluate", "--checkpoint", REPO / "models" / "fer_model.int8.onnx", "--data", data / "test",
+                 "--output_dir", tmp_path / "eval"], tmp_path, True)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout.lower() and (tmp_path / "eval").is_dir()
+    # fitting the temperature needs no torch either; writing the ONNX file needs the onnx package, said in one line
+    r = run_fer(["calibrate", REPO / "models" / "fer_model.int8.onnx", "--data", data / "test",
+                 "--output", tmp_path / "c.onnx"], tmp_path, True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "fer-toolkit[train]" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "--dataset_path", "data"], ["export", "m.pth", "m.onnx"],
+                                  ["average", "a.pth", "b.pth", "--output", "c.pth"], ["pretrained"]])
+def test_a_command_that_needs_torch_says_so_in_one_line(tmp_path, args):
+    for name in ("m.pth", "a.pth", "b.pth"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    r = run_fer(args, tmp_path, True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "fer-toolkit[train]" in last
 
 
 def test_fer_lists_its_commands_and_refuses_unknown_ones(tmp_path):

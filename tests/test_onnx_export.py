@@ -6,7 +6,8 @@ import torch
 from fer_common.cli import FERError
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import AdvancedFER, FERNet, default_preprocessing
-from fer_common.model.onnx_export import export_onnx, read_onnx_metadata
+from fer_common.model.onnx_export import export_onnx
+from fer_common.model_info import read_onnx_metadata
 import fer_common.model.onnx_export as onnx_export
 
 

@@ -9,7 +9,7 @@ import torch
 from fer_common.model.checkpoint import load_checkpoint
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import FERNet, default_preprocessing
-from fer_common.model.onnx_export import read_onnx_metadata
+from fer_common.model_info import read_onnx_metadata
 from fer_common.infer.predictor import Ensemble, Predictor, add_predictor_args, predictor_from_args
 from fer_common.train.recipes import ModelEma, Teachers, distillation_loss, mix_batch
 from helpers_models import PERMUTED, save_default, train_briefly

@@ -21,11 +21,11 @@ from fer_common import cli
 from fer_common.train import loop as training
 from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_common.cli import FERError, run_main
+from fer_common.infer.predictor import Predictor
 from fer_common.train.loaders import MemoryLoader
 from fer_common.files import check_output_files, check_outputs_distinct, writable_image_extension
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import FERNet, create_backbone, default_preprocessing, load_backbone_weights
-from fer_common.model.onnx_export import read_onnx_metadata
 from fer_common.preprocess import read_image
 from synthetic import REPO, make_folder_dataset
 
@@ -248,7 +248,7 @@ def edited_onnx(tmp_path, name, **meta) -> Path:
 def test_onnx_whose_metadata_disagrees_with_its_graph(tmp_path, meta, message):
     path = edited_onnx(tmp_path, "m.onnx", **meta)
     with pytest.raises(FERError, match=message) as e:
-        read_onnx_metadata(path)
+        Predictor(path)             # reads the metadata (model_info.read_onnx_metadata), then checks the graph
     assert str(path) in str(e.value)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from fer_common.model.checkpoint import load_checkpoint
 from fer_common.infer.detection import FaceDetector, crop_faces
 from fer_common.labels import EMOTIONS
-from fer_common.model.onnx_export import read_onnx_metadata
+from fer_common.model_info import read_onnx_metadata
 from fer_common.infer.predictor import Predictor
 from synthetic import REPO, run_script
 

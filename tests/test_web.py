@@ -59,6 +59,46 @@ def browser_missing() -> str | None:
 needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 
 
+# ----------------------------------------------------------------------------- the page's settings, without a browser
+
+SHARED_NAMES = ("SCORE_THRESHOLD", "SMALL_FACE_SCORE", "NMS_THRESHOLD", "TOP_K", "YUNET_MIN_FACE", "SMALL_FACE",
+                "FRAME_SCALE", "STRIDES", "CLASSIFIER_FILE", "YUNET_FILE", "IMAGE_SETTINGS", "VIDEO_SETTINGS", "COLOURS")
+
+
+def test_page_settings_come_from_python():
+    # the committed web/settings.json is what Python's constants say now (`fer web --write_settings` rewrites it)
+    assert json.loads(web.SETTINGS_FILE.read_text(encoding="utf-8")) == json.loads(json.dumps(web.page_settings()))
+    settings = web.page_settings()
+    assert settings["image"] == {"detectSize": 320, "minFace": 24, "tta": True}
+    assert settings["detector"]["frameScale"] == __import__("fer_common.infer.detection").infer.detection.FRAME_SCALE
+
+
+def test_the_page_copies_no_setting():
+    source = (ROOT / "web" / "fer.js").read_text(encoding="utf-8")
+    # each shared name is read from SETTINGS, never given a literal value in the page
+    for name in SHARED_NAMES:
+        assert not re.search(rf"\b{name}\s*=\s*[-\d\[{{\"']", source), f"fer.js sets {name} itself"
+    for literal in ("1.14", "5000", "[40, 40, 220]", "iouThreshold = 0.3"):
+        assert literal not in source, f"fer.js holds {literal!r}, a copy of a Python constant"
+    # every SETTINGS.group.key the page reads exists in what Python writes
+    settings = web.page_settings()
+    for group, key in re.findall(r"SETTINGS\.(\w+)\.(\w+)", source):
+        assert key in settings[group], f"fer.js reads SETTINGS.{group}.{key}, which page_settings() lacks"
+    for block, group in re.findall(r"const \{([^}]*)\} = SETTINGS\.(\w+);", source):
+        for key in re.findall(r"(\w+)\s*:", block):
+            assert key in settings[group], f"fer.js reads {group}.{key}, which page_settings() lacks"
+
+
+def test_write_settings_as_typed(tmp_path, monkeypatch):
+    monkeypatch.setattr(web, "SETTINGS_FILE", tmp_path / "settings.json")
+    monkeypatch.setattr(web.write_settings, "__defaults__", (tmp_path / "settings.json",))
+    with pytest.raises(SystemExit) as e:
+        from fer_common.cli import run_main
+        run_main(web.main, web.get_args_parser(), ["--write_settings"])
+    assert e.value.code == 0 and json.loads((tmp_path / "settings.json").read_text()) == json.loads(
+        json.dumps(web.page_settings()))
+
+
 # ----------------------------------------------------------------------------- the server, without a browser
 def test_parser():
     args = web.get_args_parser().parse_args([])

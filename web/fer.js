@@ -1,26 +1,25 @@
 // FER in the browser: YuNet finds faces, the shipped int8 classifier reads their emotions, all in this page.
 // Every step mirrors the Python path, so the page and `FER().analyse(path)` agree:
-//   fer_common/detection.py   FaceDetector (two passes, score rules) and fer_framing, cv2.FaceDetectorYN's decoding
+//   fer_common/infer/detection.py   FaceDetector (two passes, score rules) and fer_framing, cv2.FaceDetectorYN's decoding
 //   fer_common/preprocess.py  BGR -> gray, resize (area when shrinking, bilinear when enlarging), (x - mean) / std
-//   fer_common/predictor.py   softmax(logits / T), mirror TTA, class names and preprocessing from the model file
+//   fer_common/infer/predictor.py   softmax(logits / T), mirror TTA, class names and preprocessing from the model file
 // Nothing leaves the browser: the page fetches its code and the two models, and never sends anything.
 
 const ORT_DIST = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url);
 const MODELS = new URL("../models/", import.meta.url);
-const CLASSIFIER_FILE = "fer_model.int8.onnx";
-const YUNET_FILE = "face_detection_yunet_2023mar.onnx";
-
-// fer_common/detection.py: thresholds, framing, the smallest face YuNet sees, OpenCV's FaceDetectorYN settings.
-const SCORE_THRESHOLD = 0.5, SMALL_FACE_SCORE = 0.6, NMS_THRESHOLD = 0.3, TOP_K = 5000;
-const YUNET_MIN_FACE = 16, SMALL_FACE = 2 * YUNET_MIN_FACE, FRAME_SCALE = 1.14;
-const STRIDES = [8, 16, 32];
-// The scripts' defaults: images as FER() / inference.py (TTA on), live video as real_time_video.py (one pass at
-// 240 px, no TTA, probabilities smoothed per face; detection here runs every frame).
-export const IMAGE_SETTINGS = { detectSize: 320, minFace: 24, tta: true };
-export const VIDEO_SETTINGS = { detectSize: 240, minFace: 0, tta: false, smooth: 0.5 };
-// fer_common/overlay.py's colours (BGR there), as CSS.
-const COLOURS = { Angry: [40, 40, 220], Disgust: [40, 150, 40], Fear: [170, 60, 150], Happy: [0, 200, 255],
-                  Sad: [200, 110, 30], Surprise: [0, 140, 255], Neutral: [170, 170, 170], Contempt: [90, 170, 150] };
+// Every setting shared with Python comes from settings.json, which Python writes from its own constants
+// (fer_common/commands/web.py page_settings; `fer web --write_settings`); tests/test_web.py checks they agree.
+const SETTINGS = await (await fetch(new URL("./settings.json", import.meta.url))).json();
+const { classifier: CLASSIFIER_FILE, detector: YUNET_FILE } = SETTINGS.files;
+// fer_common/infer/detection.py: thresholds, framing, the smallest face YuNet sees, OpenCV's FaceDetectorYN settings.
+const { scoreThreshold: SCORE_THRESHOLD, smallFaceScore: SMALL_FACE_SCORE, nmsThreshold: NMS_THRESHOLD, topK: TOP_K,
+        minFace: YUNET_MIN_FACE, smallFace: SMALL_FACE, frameScale: FRAME_SCALE, strides: STRIDES } = SETTINGS.detector;
+// Images as FER() / inference.py read them (TTA on), live video as real_time_video.py (one pass at its detect
+// size, no TTA, probabilities smoothed per face; detection here runs every frame).
+export const IMAGE_SETTINGS = SETTINGS.image;
+export const VIDEO_SETTINGS = SETTINGS.video;
+// fer_common/infer/overlay.py's colours (BGR there), as CSS below.
+const COLOURS = SETTINGS.colours;
 
 // ------------------------------------------------------------------ ONNX files: metadata and input shapes
 function varint(bytes, pos) {
@@ -74,7 +73,7 @@ function rewrite(bytes, start, end, rules) {
   return concat(parts);
 }
 
-// What fer_common.model.onnx_export.read_onnx_metadata reads: the model's metadata_props (ModelProto field 14).
+// What fer_common.model_info.read_onnx_metadata reads: the model's metadata_props (ModelProto field 14).
 export function readMetadata(bytes) {
   const text = new TextDecoder(), meta = {};
   for (const f of fields(bytes)) {
@@ -379,10 +378,11 @@ export async function analyse(models, rgba, width, height, settings = IMAGE_SETT
 }
 
 // ------------------------------------------------------------------ live video: ids and smoothing (FaceTracker)
-// fer_common/tracking.py's FaceTracker with a detection every frame: greedy IoU matching against each track's
+// fer_common/video/tracking.py's FaceTracker with a detection every frame: greedy IoU matching against each track's
 // extrapolated box, a face missed once keeps its id (not shown), new faces get new ids, probabilities smoothed.
 export class Tracker {
-  constructor(smooth = 0.5, iouThreshold = 0.3, maxMissed = 1) {
+  constructor(smooth = VIDEO_SETTINGS.smooth, iouThreshold = SETTINGS.tracker.iouThreshold,
+              maxMissed = SETTINGS.tracker.maxMissed) {
     Object.assign(this, { smooth, iouThreshold, maxMissed, tracks: [], nextId: 1, frame: 0 });
   }
 

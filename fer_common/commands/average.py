@@ -9,8 +9,6 @@ X_metrics.json with each ingredient's weight and training history.
 """
 
 from fer_common import cli
-from fer_common.model.averaging import average_checkpoints
-from fer_common.model.checkpoint import save_checkpoint
 from fer_common.files import check_output_files, write_json
 from fer_common.train.args import metrics_path
 
@@ -30,6 +28,9 @@ def main(args):
     inputs = {f"checkpoint {i + 1}": path for i, path in enumerate(args.checkpoints)}
     history_path = metrics_path(args.output)
     check_output_files({"--output": args.output, "--output's history": history_path}, args.overwrite, inputs=inputs)
+    from fer_common.model.averaging import average_checkpoints
+    from fer_common.model.checkpoint import save_checkpoint
+
     ckpt, history = average_checkpoints(args.checkpoints, args.weights)
     save_checkpoint(ckpt, args.output)
     write_json(history_path, history)

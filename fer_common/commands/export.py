@@ -5,10 +5,8 @@ of a run; this re-exports any checkpoint).
 """
 
 from fer_common import cli
-from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_common.errors import FERError
 from fer_common.files import check_output_files
-from fer_common.model.onnx_export import export_onnx
 
 
 def get_args_parser():
@@ -21,6 +19,9 @@ def get_args_parser():
 
 def main(args):
     check_output_files({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
+    from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from fer_common.model.onnx_export import export_onnx
+
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except FERError as e:

@@ -5,7 +5,8 @@
 
 from fer_common import cli
 from fer_common.files import check_output_files
-from fer_common.model.quantize import MAX_CALIBRATION_IMAGES, calibration_crops, quantize_onnx
+from fer_common.datasets.folders import sample_crops
+from fer_common.model.quantize import MAX_CALIBRATION_IMAGES, quantize_onnx
 
 
 def get_args_parser():
@@ -22,6 +23,6 @@ def get_args_parser():
 
 def main(args):
     check_output_files({"dst": args.dst}, args.overwrite, inputs={"src": args.src})
-    crops = calibration_crops(args.calibration, args.images) if args.calibration else None
+    crops = sample_crops(args.calibration, args.images) if args.calibration else None
     info = quantize_onnx(args.src, args.dst, crops, method=args.method)
     print(f"int8 model ({info['method']}) -> {args.dst}")

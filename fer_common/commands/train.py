@@ -8,8 +8,7 @@ fer_model.last.pth (for --resume), the history in fer_model_metrics.json, and ex
 """
 
 from fer_common.cli import make_parser
-from fer_common.model.networks import add_model_args, model_config_from_args
-from fer_common.train.loop import train
+from fer_common.model.config import add_model_args, model_config_from_args
 from fer_common.train.args import add_training_args
 
 
@@ -23,5 +22,7 @@ def get_args_parser():
 
 
 def main(args):
+    from fer_common.train.loop import train
+
     train(args, "default", model_config_from_args(args, "default"))
 

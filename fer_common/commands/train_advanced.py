@@ -9,8 +9,7 @@ weights (downloaded once; offline, give --pretrained_weights PATH or --no_pretra
 """
 
 from fer_common.cli import make_parser
-from fer_common.model.networks import add_model_args, model_config_from_args
-from fer_common.train.loop import train
+from fer_common.model.config import add_model_args, model_config_from_args
 from fer_common.train.args import add_training_args
 
 
@@ -23,5 +22,7 @@ def get_args_parser():
 
 
 def main(args):
+    from fer_common.train.loop import train
+
     train(args, "advanced", model_config_from_args(args, "advanced"))
 

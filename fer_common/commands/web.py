@@ -6,21 +6,64 @@
 The URLs mirror the repository (/web/..., /models/...), so the page's relative paths are the same here as on
 any static host that serves the repository. Only the page's files and the two model files it loads are served.
 The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run does it), once, online.
+
+The page takes every setting it shares with Python (detector thresholds and framing, image and video defaults,
+tracker, colours, model files) from web/settings.json, which page_settings() writes from the Python constants:
+`fer web --write_settings` after changing one; tests/test_web.py checks that the two agree.
 """
 
 import http.server
+import inspect
 import mimetypes
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from fer_common import cli
 from fer_common.errors import FERError
+from fer_common.files import write_json
 from fer_common.shipped import SHIPPED_MODELS_DIR
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 ORT_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
 # What the page loads from models/: the int8 classifier and YuNet (fer_common.predictor / detection use the same).
 MODEL_FILES = ("fer_model.int8.onnx", "face_detection_yunet_2023mar.onnx")
+SETTINGS_FILE = WEB_DIR / "settings.json"
+
+
+def page_settings() -> dict:
+    """What web/fer.js shares with Python, read from the Python constants and defaults themselves."""
+    from fer_common.api import FER
+    from fer_common.infer import detection
+    from fer_common.infer.overlay import EMOTION_COLOURS
+    from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
+    from fer_common.video.pipeline import VideoPipeline
+    from fer_common.video.tracking import FaceTracker
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    tracker = FaceTracker()
+    return {
+        "files": {"classifier": MODEL_FILES[0], "detector": detection.YUNET_FILE},
+        "detector": {"scoreThreshold": detection.SCORE_THRESHOLD, "smallFaceScore": detection.SMALL_FACE_SCORE,
+                     "nmsThreshold": detection.NMS_THRESHOLD, "topK": detection.TOP_K,
+                     "minFace": detection.YUNET_MIN_FACE, "smallFace": detection.SMALL_FACE,
+                     "frameScale": detection.FRAME_SCALE, "strides": list(detection.YUNET_STRIDES)},
+        # images as FER() and inference.py read them; live video as real_time_video.py (no TTA in a frame's budget)
+        "image": {"detectSize": default(detection.FaceDetector, "detect_size"),
+                  "minFace": default(detection.FaceDetector, "min_face"), "tta": default(FER, "tta")},
+        "video": {"detectSize": VIDEO_DETECT_SIZE, "minFace": VIDEO_MIN_FACE, "tta": False,
+                  "smooth": default(VideoPipeline, "smooth")},
+        "tracker": {"iouThreshold": tracker.iou_threshold, "maxMissed": tracker.max_missed},
+        "colours": {name: list(bgr) for name, bgr in EMOTION_COLOURS.items()},     # BGR, as OpenCV draws them
+    }
+
+
+def write_settings(path=SETTINGS_FILE) -> Path:
+    write_json(path, page_settings())
+    return Path(path)
+
+
 TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css",
          ".html": "text/html; charset=utf-8", ".onnx": "application/octet-stream", ".png": "image/png",
          ".json": "application/json"}
@@ -113,10 +156,15 @@ def get_args_parser():
                    help="TCP port (0: any free port)")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1: this machine only; the camera needs localhost or HTTPS)")
+    parser.add_argument("--write_settings", action="store_true",
+                        help=f"write {SETTINGS_FILE.name} (the page's settings, from the Python constants) and exit")
     return parser
 
 
 def main(args):
+    if args.write_settings:
+        print(f"page settings -> {write_settings()}")
+        return 0
     server = make_server(args.host, args.port)
     host, port = server.server_address[:2]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host

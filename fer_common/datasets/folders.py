@@ -6,11 +6,15 @@ checkpoint stores that order as `class_names`, so nothing downstream assumes FER
 No PyTorch here: evaluating or calibrating an ONNX model walks folders too.
 """
 
+import random
 from pathlib import Path
+
+import numpy as np
 
 from fer_common.errors import FERError
 from fer_common.files import check_class_folder_name, is_image_name
 from fer_common.labels import MIN_CLASSES, class_name
+from fer_common.preprocess import read_image, resize
 
 
 def find_classes(root) -> tuple[list[str], list[Path]]:
@@ -48,3 +52,18 @@ def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple
     samples = [(f, label) for label, folder in enumerate(folders)
                for f in sorted(folder.iterdir()) if f.is_file() and is_image_name(f.name)]
     return samples, names
+
+
+def sample_crops(folder, n: int, size=(48, 48), channels: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """Up to n readable images of a class-folder data set, picked at random, as uint8 arrays at `size`
+    (face crops to calibrate int8 quantization on)."""
+    samples, _ = list_samples(folder)
+    random.Random(seed).shuffle(samples)
+    crops = []
+    for path, _ in samples:
+        if len(crops) == n:
+            break
+        image = read_image(path, channels)
+        if image is not None:
+            crops.append(resize(image, list(size)))
+    return crops

@@ -23,7 +23,6 @@ DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)}
 SHIPPED_YUNET = SHIPPED_MODELS_DIR / YUNET_FILE
 # YuNet finds faces of about 10 to 300 px in the image it is given (OpenCV Zoo); under 16 px its scores fall
 # to those of false faces (0.5-0.8 on Test_files grids), so the fine pass puts the smallest face at 16 px.
@@ -38,6 +37,9 @@ FRAME_OFFSET = (0.0, 0.0)
 SCORE_THRESHOLD = 0.5
 SMALL_FACE, SMALL_FACE_SCORE = 2 * YUNET_MIN_FACE, 0.6
 NMS_THRESHOLD = 0.3
+TOP_K = 5000                # the most candidate boxes kept before NMS (cv2.FaceDetectorYN's top_k)
+YUNET_STRIDES = (8, 16, 32)
+YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES}
 # Haar boxes keep the framing the project always used: the box grown by 10% of its size on every side.
 HAAR_MARGIN = 0.1
 
@@ -123,7 +125,7 @@ class FaceDetector:
         self._nets = {}
         self.score_threshold, self.small_face_score = score_threshold, small_face_score
         self._make = lambda: cv2.FaceDetectorYN.create(str(self.model_path), "", (64, 64), score_threshold,
-                                                        nms_threshold, 5000)
+                                                        nms_threshold, TOP_K)
         try:
             self._run("coarse", np.zeros((64, 64, 3), np.uint8))   # loads and runs it once: fails here, not later
         except cv2.error:

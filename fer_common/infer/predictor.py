@@ -20,7 +20,7 @@ from fer_common.cli import add_device_args
 from fer_common.device import set_cpu_threads
 from fer_common.errors import FERError
 from fer_common.metrics import softmax
-from fer_common.model_info import MODEL_TYPES, parse_onnx_metadata, read_metadata_props, temperature_of
+from fer_common.model_info import MODEL_TYPES, check_graph, read_onnx_metadata, temperature_of
 from fer_common.preprocess import prepare_batch, small_input
 from fer_common.runtime import PROVIDERS, make_session
 from fer_common.shipped import SHIPPED_MODELS_DIR
@@ -62,10 +62,11 @@ class Predictor:
         self.temperature = temperature_of(info.get("calibration"), self.path)
 
     def _load_onnx(self, provider: str, device: str) -> dict:
-        info = parse_onnx_metadata(read_metadata_props(self.path), self.path)
+        info = read_onnx_metadata(self.path)
         self.session, self.provider = make_session(self.path, provider, device, info["preprocessing"])
         self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
-        check_session(self.session, info, self.path)
+        check_graph(self.path, info, {i.name: i.shape for i in self.session.get_inputs()},
+                    {o.name: o.shape for o in self.session.get_outputs()})
         dim = self.session.get_outputs()[1].shape[-1]
         self.embedding_dim = dim if isinstance(dim, int) else 128
         return info
@@ -150,24 +151,6 @@ class Predictor:
             x = torch.from_numpy(batch).to(self._device, non_blocking=True).to(memory_format=self._memory_format)
             logits, embeddings = self.model(x)
             return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
-
-
-def check_session(session, info: dict, path) -> None:
-    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding."""
-    inputs = {i.name: i.shape for i in session.get_inputs()}
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    if list(inputs) != ["input"] or [o.name for o in session.get_outputs()][:2] != ["logits", "embedding"]:
-        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
-                       f"not input / logits, embedding: export it with this toolkit")
-    prep, shape = info["preprocessing"], inputs["input"]
-    expected = [prep["channels"], *prep["input_size"]]
-    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
-        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
-                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
-    logits, n = outputs["logits"], len(info["class_names"])
-    if len(logits) != 2 or (isinstance(logits[1], int) and logits[1] != n):
-        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
-                       f"its metadata names {n} classes ({', '.join(info['class_names'])})")
 
 
 class Ensemble:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_common import __version__
+from fer_common.version import __version__
 from fer_common.errors import FERError
 from fer_common.files import atomic_path, write_json
 from fer_common.results import Result, table_columns, table_rows

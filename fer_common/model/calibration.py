@@ -9,43 +9,40 @@ emotion never changes (dividing by T keeps the order of the logits).
     probabilities = softmax(logits / T)                 # what the Predictor returns
 """
 
-from pathlib import Path
-
 import cv2
 import numpy as np
-import torch
 
-from fer_common.infer.bulk import iter_results
-from fer_common.results import probability_matrix
-from fer_common.model.checkpoint import load_checkpoint, save_checkpoint
-from fer_common.datasets.folders import list_samples
-from fer_common.errors import FERError
-from fer_common.files import atomic_path, check_outside, check_writable, strict_json, write_image
+from fer_common.files import write_image
 from fer_common.metrics import softmax
-from fer_common.model_info import set_metadata
-from fer_common.infer.predictor import Predictor
 
 BINS = 15
 
 
-def fit_temperature(logits, labels, max_iter: int = 100) -> float:
-    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) on (logits, labels)."""
-    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if len(labels) == 0:
+def fit_temperature(logits, labels) -> float:
+    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) on (logits, labels).
+
+    The NLL is convex in 1/T, so its derivative, mean(E_p[z] - z_label), grows with 1/T: bisection finds
+    its zero in [1/20, 1/0.05] (T from 0.05 to 20), in float64 and without PyTorch."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) == 0:
         return 1.0
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)   # optimise log T: T stays positive
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    z = z - z.max(axis=1, keepdims=True)
+    z_true = z[np.arange(len(y)), y]
 
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
+    def slope(beta):
+        p = softmax(z, 1.0 / beta)
+        return float(np.mean((p * z).sum(axis=1) - z_true))
 
-    optimizer.step(closure)
-    t = float(log_t.detach().exp())
-    return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
+    lo, hi = 1 / 20, 1 / 0.05
+    if slope(lo) >= 0:
+        return 20.0
+    if slope(hi) <= 0:
+        return 0.05
+    for _ in range(60):
+        mid = (lo * hi) ** 0.5                  # bisection on a log scale
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return float(1.0 / ((lo * hi) ** 0.5))
 
 
 def fit_calibration(logits, labels, fitted_on: str) -> dict:
@@ -121,40 +118,3 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
     if title:
         cv2.putText(image, title, (8, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     write_image(path, image)
-
-
-# ---------------------------------------------------------------------------- calibrating a trained model file
-
-def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size: int = 512) -> dict:
-    """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
-    model_path, output = Path(model_path), Path(output)
-    check_writable(output, "calibrated model", overwrite=overwrite)
-    check_outside({"--output": output}, {"--data": data})
-    if output.suffix.lower() != model_path.suffix.lower():
-        raise FERError(f"{output} must have the same extension as {model_path}")
-    predictor = Predictor(model_path, device="cpu")
-    samples, folder_classes = list_samples(data)
-    unknown = [c for c in folder_classes if c not in predictor.class_names]
-    if unknown:
-        raise FERError(f"{data} has classes the model {model_path} does not know: {', '.join(unknown)} "
-                       f"(it predicts {', '.join(predictor.class_names)})")
-    to_model = [predictor.class_names.index(c) for c in folder_classes]
-    raw = predictor.with_temperature(1.0)     # the uncalibrated probabilities, through the bulk reader
-    results = [r for r in iter_results(raw, [str(p) for p, _ in samples], batch_size=batch_size) if r.error is None]
-    if not results:
-        raise FERError(f"no readable images in {data}")
-    # log-probabilities are the logits up to a shift per row, which softmax ignores
-    logits = np.log(np.maximum(np.concatenate([probability_matrix(r, raw.class_names) for r in results]), 1e-12))
-    labels = np.asarray([to_model[samples[r.index][1]] for r in results])
-    result = fit_calibration(logits, labels, str(data))
-    if model_path.suffix.lower() == ".onnx":
-        import onnx
-        proto = onnx.load(str(model_path))
-        set_metadata(proto, {**{p.key: p.value for p in proto.metadata_props}, "calibration": strict_json(result)})
-        with atomic_path(output, suffix=".onnx") as tmp:
-            onnx.save(proto, str(tmp))
-    else:
-        ckpt = load_checkpoint(model_path)
-        ckpt["calibration"] = result
-        save_checkpoint(ckpt, output)
-    return result

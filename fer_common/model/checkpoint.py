@@ -12,7 +12,6 @@
     }
 """
 
-import math
 from pathlib import Path
 
 import torch

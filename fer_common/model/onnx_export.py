@@ -1,14 +1,12 @@
 """ONNX export in one call: export, embed metadata, check with ONNX Runtime, then move into place."""
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from fer_common.errors import FERError
-from fer_common.model_info import parse_onnx_metadata, set_metadata
+from fer_common.model_info import set_metadata
 from fer_common.files import atomic_path, strict_json
 
 LOGITS_TOLERANCE = 1e-4
@@ -85,42 +83,3 @@ def _run_onnxruntime(path, x: np.ndarray):
     return logits, embedding
 
 
-def read_onnx_metadata(path) -> dict:
-    """model_type, class_names and preprocessing as stored by export_onnx (without loading the weights)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise FERError(f"ONNX file not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise FERError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
-    info = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, path)
-    check_graph(proto, path, info)
-    return info
-
-
-def _dims(value_info) -> list:
-    """A graph input's or output's shape: ints for fixed sizes, None for dynamic ones."""
-    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
-
-
-def check_graph(proto, path, info: dict) -> None:
-    """The graph must be what the metadata says: input N x C x H x W, outputs logits (N x classes) and embedding."""
-    inputs = {i.name: i for i in proto.graph.input}
-    outputs = {o.name: o for o in proto.graph.output}
-    if "input" not in inputs or "logits" not in outputs or "embedding" not in outputs:
-        raise FERError(f"{path}: the graph has inputs {sorted(inputs)[:5]} and outputs {sorted(outputs)[:5]}, "
-                       f"not input / logits, embedding: export it with this toolkit")
-    shape = _dims(inputs["input"])
-    prep = info["preprocessing"]
-    expected = [prep["channels"], *prep["input_size"]]
-    if len(shape) != 4 or any(d is not None and d != e for d, e in zip(shape[1:], expected)):
-        raise FERError(f"{path}: its graph takes input {shape}, but its metadata says "
-                       f"N x {expected[0]} x {expected[1]} x {expected[2]}")
-    logits = _dims(outputs["logits"])
-    n = len(info["class_names"])
-    if len(logits) != 2 or (logits[1] is not None and logits[1] != n):
-        raise FERError(f"{path}: its graph gives {logits[1] if len(logits) == 2 else logits} logits per face, but "
-                       f"its metadata names {n} classes ({', '.join(map(str, info['class_names']))})")

@@ -23,7 +23,7 @@ import numpy as np
 from fer_common.errors import FERError
 from fer_common.files import atomic_path, strict_json
 from fer_common.model_info import set_metadata
-from fer_common.model.onnx_export import read_onnx_metadata
+from fer_common.model_info import read_onnx_metadata
 from fer_common.preprocess import prepare_batch
 from fer_common.runtime import make_session
 
@@ -192,16 +192,3 @@ def _median_ms(session, batch: np.ndarray, warmup: int = 5, repeats: int = 30) -
         session.run(["logits"], feed)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
-
-
-def calibration_crops(folder, n: int = MAX_CALIBRATION_IMAGES, seed: int = 0) -> list[np.ndarray]:
-    """Up to n random 48x48 gray face crops from an image-folder data set (class sub-folders)."""
-    import random
-
-    from fer_common.datasets import folders
-    from fer_common.train import loaders as fdata
-
-    samples, _ = folders.list_samples(folder)
-    random.Random(seed).shuffle(samples)
-    images, _, _ = fdata.load_into_memory(samples[:n], [48, 48], 1, quiet=True)
-    return [im[0].numpy() for im in images]

@@ -4,10 +4,16 @@ import argparse
 from pathlib import Path
 
 from fer_common import cli
-from fer_common.train.augmentation import POLICIES
-from fer_common.train.loaders import default_num_workers
+from fer_common.device import default_num_workers
 from fer_common.errors import FERError
 from fer_common.files import check_output_files, same_file
+
+# The warp and jitter ranges of each policy, and the share of images each degradation is applied to.
+POLICIES = {
+    "standard": {"max_rotation": 10.0, "scale": (0.9, 1.1), "max_shift": 0.08, "degrade": None},
+    "broad": {"max_rotation": 15.0, "scale": (0.8, 1.2), "max_shift": 0.10,
+              "degrade": {"blur": 0.2, "resample": 0.1, "noise": 0.1, "jpeg": 0.2, "erase": 0.2}},
+}
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults) -> None:

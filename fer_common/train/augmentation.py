@@ -18,14 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_common.preprocess import mean_std
-
-# The warp and jitter ranges of each policy, and the share of images each degradation is applied to.
-POLICIES = {
-    "standard": {"max_rotation": 10.0, "scale": (0.9, 1.1), "max_shift": 0.08, "degrade": None},
-    "broad": {"max_rotation": 15.0, "scale": (0.8, 1.2), "max_shift": 0.10,
-              "degrade": {"blur": 0.2, "resample": 0.1, "noise": 0.1, "jpeg": 0.2, "erase": 0.2}},
-}
-
+from fer_common.train.args import POLICIES
 
 def augment(images: torch.Tensor, prep: dict, generator: torch.Generator | None = None,
             policy: str = "standard") -> torch.Tensor:

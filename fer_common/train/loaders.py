@@ -11,7 +11,6 @@ import torch
 from tqdm import tqdm
 
 from fer_common.errors import FERError
-from fer_common.device import cpu_count
 from fer_common.preprocess import read_image, resize
 
 
@@ -131,7 +130,3 @@ def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, 
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                        collate_fn=collate_skip_unreadable, pin_memory=pin_memory,
                                        drop_last=drop_last, persistent_workers=num_workers > 0)
-
-
-def default_num_workers() -> int:
-    return min(4, cpu_count())
