@@ -2,7 +2,7 @@
 encoders --save_output can use; peak memory of real_time_video.py on long videos.
 
 The pipeline is the real VideoPipeline with the real FaceDetector and Predictor, drawn by the real Overlay;
-detect and classify come from the timings each FrameResult carries, draw is timed around the overlay, so the
+detect and classify come from the speed (ms per stage) each frame's Result carries, draw is timed around the overlay, so the
 order and the work are the pipeline's own. 'other' is the rest of process(): tracking, cropping, smoothing,
 the scene-cut check. The stage table writes mp4v (the floor and the pipeline alike); the end-to-end run
 writes what the script writes (H.264 with PyAV).
@@ -87,9 +87,9 @@ def one_pass(video, out_path, max_frames: int, pipeline=None) -> dict:
                 overlay.draw_result(frame, result, fps=20.0)
                 timers["draw"] += time.perf_counter() - t2
                 timers["process"] += time.perf_counter() - t1
-                timers["detect"] += result.timings["detect"]
-                timers["classify"] += result.timings["classify"]
-                faces += len(result.boxes)
+                timers["detect"] += result.speed["detect"] / 1e3
+                timers["classify"] += result.speed["classify"] / 1e3
+                faces += len(result.faces)
             t2 = time.perf_counter()
             writer.write(frame)
             timers["encode"] += time.perf_counter() - t2

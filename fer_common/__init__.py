@@ -25,7 +25,7 @@ PUBLIC = {
     "FaceDetector": "fer_common.infer.detection",
     "analyse_folder": "fer_common.infer.bulk",
     "Overlay": "fer_common.infer.overlay",
-    "analyse_video": "fer_common.video.pipeline", "VideoPipeline": "fer_common.video.pipeline",
+    "analyse_frames": "fer_common.video.pipeline", "VideoPipeline": "fer_common.video.pipeline",
     "FaceSummary": "fer_common.video.summary",
     "quantize_onnx": "fer_common.model.quantize",
 }

@@ -15,8 +15,8 @@
         ...
     table = to_dataframe(fer.analyse_folder("photos/"))           # fer_common.results: one row per face
 
-Nothing here is a second code path: `analyse_image` is the detector and Predictor that inference.py uses,
-`analyse_folder` is fer_common.bulk (inference.py FOLDER), `analyse_video` is fer_common.video's pipeline
+Nothing here is a second code path: `analyse_image` is fer_common.infer.bulk's analyse_images, which
+inference.py runs on folders too; `analyse_folder` is fer_common.infer.bulk (inference.py FOLDER), `analyse_video` is fer_common.video.pipeline's analyse_frames without the frames
 (real_time_video.py), and every result is a fer_common.results.Result.
 
 Threads: one FER object may be shared by several threads. The ONNX Runtime session is safe to share; the
@@ -30,27 +30,28 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_common.infer.detection import FaceDetector, crop_faces
+from fer_common.infer.bulk import analyse_images, decode_channels
+from fer_common.infer.detection import FaceDetector
 from fer_common.errors import FERError
-from fer_common.infer.predictor import Ensemble, Predictor
+from fer_common.infer.predictor import load_models
 from fer_common.preprocess import read_image
-from fer_common.results import Face, Result, make_result
-from fer_common.shipped import SHIPPED_MODELS_DIR
+from fer_common.results import Face, Result
+from fer_common.shipped import MODEL_FILE, SHIPPED_MODELS_DIR
 
-SHIPPED_MODEL = "fer_model.int8.onnx"
 ACCEPTED = "a path, a uint8 array (H x W gray, H x W x 3 BGR or H x W x 4 BGRA, as OpenCV gives them) or a PIL image"
 
 __all__ = ["FER", "Face", "Result", "as_bgr"]
 
 
-def as_bgr(image) -> tuple[np.ndarray, str]:
-    """Any accepted image -> (uint8 BGR or gray array, a name for it). PIL images are converted by their mode
-    (RGB, RGBA, L, P, CMYK, ...), so colours are never swapped."""
+def as_bgr(image, channels: int = 3) -> tuple[np.ndarray, str]:
+    """Any accepted image -> (uint8 BGR or gray array, a name for it). A file is decoded with `channels` (3:
+    BGR; 1: gray, straight from the file). PIL images are converted by their mode (RGB, RGBA, L, P, CMYK,
+    ...), so colours are never swapped."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise FERError(f"image not found: {path}" if not path.exists() else f"not a regular file: {path}")
-        array = read_image(path, 3, bgr=True)
+        array = read_image(path, channels, bgr=True)
         if array is None:
             raise FERError(f"cannot read {path} as an image")
         return array, str(path)
@@ -86,9 +87,8 @@ class FER:
         paths = model if isinstance(model, (list, tuple)) else [model]
         if not paths:
             raise FERError("model=[]: give a model file, several, or None for the shipped model")
-        files = [SHIPPED_MODELS_DIR / SHIPPED_MODEL if p is None else Path(p) for p in paths]
-        members = [Predictor(f, device=device, tta=tta) for f in files]
-        self.predictor = members[0] if len(members) == 1 else Ensemble(members)
+        files = [SHIPPED_MODELS_DIR / MODEL_FILE if p is None else Path(p) for p in paths]
+        self.predictor = load_models(files, device=device, tta=tta)
         self.detector = FaceDetector(detector) if detector else None
         self._detect_lock = threading.Lock()
 
@@ -103,18 +103,12 @@ class FER:
     def analyse_image(self, image, detect: bool = True) -> Result:
         """The Result for one image (see as_bgr for what is accepted): its faces, or `error` saying why none.
 
-        detect=False (or no detector) classifies the whole image as one face crop.
+        detect=False (or no detector) classifies the whole image as one face crop. The same steps as a folder
+        (fer_common.infer.bulk.analyse_images), so a file gives the same numbers here as in inference.py.
         """
-        array, name = as_bgr(image)
-        h, w = array.shape[:2]
-        if detect and self.detector is not None:
-            with self._detect_lock:                 # OpenCV's detector is not safe to share between threads
-                boxes, scores = self.detector.detect_scored(array)
-        else:
-            boxes, scores = np.array([[0, 0, w, h]]), None
-        prediction = self.predictor.predict(crop_faces(array, boxes), bgr=True)
-        return make_result(name, self.class_names, boxes, prediction.probabilities, prediction.embeddings, scores,
-                           size=(w, h))
+        detector = self.detector if detect else None
+        array, name = as_bgr(image, decode_channels(self.predictor, detector is not None))
+        return analyse_images(self.predictor, [(array, name)], detector, detect_lock=self._detect_lock)[0]
 
     def analyse(self, image, detect: bool = True) -> list[Face]:
         """The faces of one image, left to right (an empty list when there is none)."""
@@ -128,17 +122,15 @@ class FER:
         """A Result for each frame of a video file (path) or webcam (int, 0 and up), as real_time_video.py sees
         them: detection every `detect_every` frames with tracking between, probabilities smoothed per face
         (`smooth` = 0 turns it off). Each Face has its track id, the same for a face across frames."""
-        from fer_common.video.pipeline import analyse_video
-        from fer_common.video.sinks import to_result
+        from fer_common.video.pipeline import analyse_frames
 
         if self.detector is None:
             raise FERError("video analysis needs a face detector: FER(detector='yunet')")
         # A detector of its own: the pipeline runs it on a thread while this object may serve other threads.
-        frames = analyse_video(source, self.predictor, FaceDetector(self.detector.kind), detect_every=detect_every,
-                               smooth=smooth, max_frames=max_frames)
-        name = f"camera {source}" if isinstance(source, int) else str(source)
-        for frame, r in frames:
-            yield to_result(r, name, self.class_names, (frame.shape[1], frame.shape[0]))
+        frames = analyse_frames(source, self.predictor, FaceDetector(self.detector.kind), detect_every=detect_every,
+                                smooth=smooth, max_frames=max_frames)
+        for _, result in frames:
+            yield result
 
     analyze_video = analyse_video
 

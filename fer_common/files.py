@@ -359,3 +359,12 @@ def replace_dir(new: Path, output: Path) -> None:
         os.rename(old, output)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file, read in 1 MB blocks (model files, downloads, the shipped detector)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

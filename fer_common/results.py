@@ -5,7 +5,7 @@
     result.to_dict()                                 # JSON-ready (embeddings as lists)
     to_table(results)                                # one row (dict) per face; to_dataframe(results) with pandas
 
-Images, folders (fer_common.bulk), video frames (fer_common.video) and the Python API all make their results
+Images, folders (fer_common.infer.bulk), video frames (fer_common.video.pipeline) and the Python API all make their results
 with `make_result`, and every output is a view of them: `to_dict` is what --json and .jsonl files hold,
 `table_rows` what .csv files and tables hold (the same columns everywhere). An image without a face, or one
 that could not be read, is a Result too, with `error` saying why, so counts always add up.
@@ -65,6 +65,9 @@ class Result:
     frame: int | None = None                # video: the frame's index from 0
     time: float | None = None               # video: seconds from the start
     index: int = 0                          # position in the input list (for ordering; not exported)
+    # video: milliseconds per stage of this frame (detect, classify, track), as Ultralytics' Results.speed;
+    # a measurement, not a result: not exported
+    speed: dict | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, embedding: bool = True) -> dict:
         d = {"source": self.source}

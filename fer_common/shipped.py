@@ -18,3 +18,8 @@ def shipped_dir() -> Path:
 
 
 SHIPPED_MODELS_DIR = shipped_dir()
+# The shipped files, by name: the default model (what FER(), `fer analyse` and the page load unless told
+# otherwise: the int8 one, 4x faster on a CPU and as accurate), its fp32 ONNX and PyTorch forms, and the detector.
+MODEL_FILE = "fer_model.int8.onnx"
+MODEL_STEM = "fer_model"
+DETECTOR_FILE = "face_detection_yunet_2023mar.onnx"

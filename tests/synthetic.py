@@ -61,3 +61,11 @@ def run_script(*args, cwd=None, timeout=600, env=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, str(REPO / script), *map(str, rest)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def frame_result(k: int, time: float, boxes, ids, probabilities, class_names, embeddings=None):
+    """A video frame's Result, as the pipeline makes it (make_result with track ids, frame and time)."""
+    from fer_common.results import make_result
+
+    return make_result("video", class_names, np.asarray(boxes).reshape(-1, 4), probabilities, embeddings,
+                       track_ids=ids, size=(480, 360), frame=k, time=time, no_face_error=False)

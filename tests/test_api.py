@@ -153,3 +153,13 @@ def test_one_fer_object_shared_by_threads():
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda _: fer.analyse(image)[0].probabilities, range(32)))
     assert all(g == pytest.approx(expected, abs=1e-6) for g in got)
+
+
+@pytest.mark.parametrize("detect", [False, True])
+def test_an_image_gives_the_same_numbers_through_the_api_and_a_folder(tmp_path, detect):
+    # one composition of detect -> crop -> predict (bulk.analyse_images), with files decoded the same way
+    shutil.copy(TEST_IMAGE, tmp_path / TEST_IMAGE.name)
+    fer = FER(tta=True)
+    alone = fer.analyse_image(tmp_path / TEST_IMAGE.name, detect=detect)
+    (in_folder,) = fer.analyse_folder(tmp_path, detect=detect)
+    assert alone.to_dict() == in_folder.to_dict()

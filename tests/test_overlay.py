@@ -3,10 +3,11 @@ import itertools
 import numpy as np
 import pytest
 
+from synthetic import frame_result
+
 from fer_common.labels import EMOTIONS
 from fer_common.infer.overlay import Overlay, emotion_colour, inside, make_layout, place_panels, upscale_small
 from fer_common.boxes import overlap_area
-from fer_common.video.pipeline import FrameResult
 
 
 def probs(n, seed=0):
@@ -73,7 +74,7 @@ def one_hot_ish(top: str, p: float = 0.75):
 def test_what_is_drawn_for_one_face():
     frame = np.zeros((360, 480, 3), np.uint8)
     box = [100, 120, 80, 80]
-    result = FrameResult(0, 0.0, np.array([box]), [7], one_hot_ish("Happy"), np.zeros((1, 8), np.float32))
+    result = frame_result(0, 0.0, [box], [7], one_hot_ish("Happy"), EMOTIONS)
     overlay = Overlay(EMOTIONS)
     (panel,) = overlay.draw_result(frame, result, fps=12.5)
     L = overlay.layout(480, 360)

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from synthetic import frame_result
+
 from fer_common.cli import FERError
 from fer_common.video.summary import FaceSummary, plot_summary, summarise_csv
-from fer_common.video.pipeline import FrameResult
-from fer_common.video.sinks import csv_header
+from fer_common.results import table_columns as csv_header
 
 CLASSES = ["calm", "excited", "bored"]          # any label set, not only FER-2013's seven
 P = {"calm": "0.7,0.2,0.1", "excited": "0.1,0.8,0.1", "bored": "0.2,0.2,0.6"}
@@ -52,8 +53,7 @@ def test_summary_of_a_known_log(tmp_path):
 def test_results_and_their_log_give_the_same_summary(tmp_path):
     live = FaceSummary(CLASSES)
     for k, p in enumerate([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]]):
-        live.write(None, FrameResult(k, k / 10, np.array([[0, 0, 5, 5]]), [4], np.array([p], np.float32),
-                                     np.zeros((1, 2), np.float32)))
+        live.write(None, frame_result(k, k / 10, [[0, 0, 5, 5]], [4], [p], CLASSES))
     tops = ["calm", "excited", "bored"]
     from_log = summarise_csv(write_log(tmp_path / "log.csv", [(k, k / 10, 4, tops[k]) for k in range(3)]))
     assert [f.to_dict() for f in live.faces()] == [f.to_dict() for f in from_log.faces()]
@@ -131,7 +131,6 @@ def test_class_names_matplotlib_would_read_as_mathtext(tmp_path):
     names = ["a$b", "$x^2$", "c_d"]
     summary = FaceSummary(names)
     for k in range(3):
-        summary.write(None, FrameResult(k, k / 10, np.array([[0, 0, 5, 5]]), [1],
-                                        np.array([[0.2, 0.5, 0.3]], np.float32), np.zeros((1, 2), np.float32)))
+        summary.write(None, frame_result(k, k / 10, [[0, 0, 5, 5]], [1], [[0.2, 0.5, 0.3]], names))
     plot_summary(summary, tmp_path / "p.png", title="costs $5")
     assert (tmp_path / "p.png").stat().st_size > 1000

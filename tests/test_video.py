@@ -19,14 +19,16 @@ from fer_common.labels import EMOTIONS
 from fer_common.infer.predictor import Predictor
 from fer_common.infer.overlay import Overlay
 from fer_common.video.summary import MATPLOTLIB_MISSING
-from fer_common.results import table_columns
+from fer_common.results import Result, table_columns
 from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE
-from fer_common.video.pipeline import FrameResult, SceneCuts, VideoPipeline, analyse_video
+from fer_common.results import probability_matrix
+from fer_common.video.pipeline import SceneCuts, VideoPipeline, analyse_frames
 from fer_common.video.run import output_sinks, run_video
-from fer_common.video.sinks import VideoFile, csv_header, pyav_encoders
+from fer_common.video.sinks import VideoFile, pyav_encoders
 from fer_common.video.source import VideoReader
 from fer_common.video.window import Pacer, Window
 from helpers_models import TEST_IMAGE, TEST_VIDEO, run_script
+from synthetic import frame_result
 
 
 def read_video(path):
@@ -110,7 +112,7 @@ def test_pipeline_batches_all_faces_once_per_frame(models):
     cap.set(cv2.CAP_PROP_POS_FRAMES, 60)
     for _ in range(4):
         result = pipeline.process(cap.read()[1])
-        assert len(result.boxes) == len(result.ids) == len(result.probabilities) == 2
+        assert len(result.faces) == 2 and all(f.track_id for f in result.faces)
     assert sizes == [2, 2, 2, 2]
 
 
@@ -151,9 +153,9 @@ def test_threaded_detection_finds_the_face_and_keeps_every_frame(models):
     finally:
         pipeline.close()
     # The first frame waits for its detection (no face known yet); later ones use boxes as they arrive.
-    assert all(len(r.boxes) >= 1 for r in results)
-    assert all(r.probabilities.shape == (len(r.boxes), 7) for r in results)
-    assert len({r.ids[0] for r in results}) == 1                   # one face, one id throughout
+    assert all(len(r.faces) >= 1 for r in results)
+    assert all(len(f.probabilities) == 7 for r in results for f in r.faces)
+    assert len({r.faces[0].track_id for r in results}) == 1        # one face, one id throughout
 
 
 def test_existing_output_is_kept_without_overwrite(models, tmp_path):
@@ -186,8 +188,8 @@ def test_pipeline_classifies_the_detectors_fer_framed_boxes(models):
     detector = FaceDetector(min_face=VIDEO_MIN_FACE, detect_size=VIDEO_DETECT_SIZE)
     pipeline = VideoPipeline(Recording(), detector, detect_every=1)
     result = pipeline.process(frame)
-    x, y, w, h = result.boxes[0]
-    assert len(result.boxes) == 1 and w == h                         # a square FER-2013 crop, not the raw box
+    x, y, w, h = result.faces[0].box
+    assert len(result.faces) == 1 and w == h                         # a square FER-2013 crop, not the raw box
     assert shapes == [(h, w)]                                        # classified as it is, no extra margin
 
 
@@ -208,28 +210,30 @@ def test_pipeline_results_without_drawing(models):
     copies = [f.copy() for f in frames]
     pipeline = VideoPipeline(predictor, FaceDetector(), detect_every=2, smooth=0.5, fps=20.0)
     results = [r for _, r in pipeline.run(frames)]
-    assert [r.index for r in results] == list(range(6))
+    assert [r.frame for r in results] == list(range(6))
     assert [r.time for r in results] == pytest.approx([k / 20 for k in range(6)])
     for r in results:
-        assert isinstance(r, FrameResult) and len(r.boxes) == 1 and r.ids == [1]   # one face, one id throughout
-        assert r.probabilities.shape == (1, len(predictor.class_names))
-        assert r.probabilities.sum() == pytest.approx(1, abs=1e-5)                 # smoothed, still a distribution
-        assert r.embeddings.shape == (1, predictor.embedding_dim)
-        assert set(r.timings) == {"detect", "classify", "track"} and min(r.timings.values()) >= 0
-    assert [r.timings["detect"] > 0 for r in results] == [True, False] * 3          # detect_every 2, in the loop
+        assert isinstance(r, Result) and [f.track_id for f in r.faces] == [1]      # one face, one id throughout
+        assert r.error is None and r.size == (frames[0].shape[1], frames[0].shape[0])
+        probabilities = probability_matrix(r, predictor.class_names)
+        assert probabilities.sum() == pytest.approx(1, abs=1e-5)                   # smoothed, still a distribution
+        assert r.faces[0].embedding.shape == (predictor.embedding_dim,)
+        assert set(r.speed) == {"detect", "classify", "track"} and min(r.speed.values()) >= 0
+    assert [r.speed["detect"] > 0 for r in results] == [True, False] * 3            # detect_every 2, in the loop
     assert all(np.array_equal(f, c) for f, c in zip(frames, copies))                # nothing drawn on the frames
-    x = [int(r.boxes[0][0]) for r in results]
+    x = [int(r.faces[0].box[0]) for r in results]
     assert x[0] < x[2] < x[4]                                                      # the box follows the face
 
 
 def test_analyse_video_yields_frames_and_results(models, tmp_path):
     predictor = Predictor(models / "fer_model.onnx")
-    items = list(analyse_video(str(TEST_VIDEO), predictor, FaceDetector(), max_frames=5))
-    assert [r.index for _, r in items] == list(range(5))
+    items = list(analyse_frames(str(TEST_VIDEO), predictor, FaceDetector(), max_frames=5))
+    assert [r.frame for _, r in items] == list(range(5))
     assert [r.time for _, r in items] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])   # the file's clock, 20 fps
-    assert all(f.shape == (360, 480, 3) and len(r.boxes) == 1 for f, r in items)
+    assert all(f.shape == (360, 480, 3) and len(r.faces) == 1 for f, r in items)
+    assert {r.source for _, r in items} == {str(TEST_VIDEO)}
     with pytest.raises(FERError, match="video not found"):                          # at the call, not at next()
-        analyse_video(str(tmp_path / "nope.mp4"), predictor, FaceDetector())
+        analyse_frames(str(tmp_path / "nope.mp4"), predictor, FaceDetector())
 
 
 def test_script_summary_and_plot(models, tmp_path):
@@ -273,7 +277,7 @@ def test_plot_without_matplotlib_is_one_line_before_any_work(models, tmp_path, c
 
 def test_summary_from_refuses_video_flags(tmp_path, capsys):
     log = tmp_path / "log.csv"
-    log.write_text(",".join(csv_header(EMOTIONS)) + "\n")
+    log.write_text(",".join(table_columns(EMOTIONS)) + "\n")
     with pytest.raises(SystemExit):
         run_main(real_time_video.main, real_time_video.get_args_parser(),
                  ["--summary_from", str(log), "--video", str(TEST_VIDEO)])
@@ -319,8 +323,7 @@ class FakeGui:
 
 def tiny(k, fps=20.0):
     frame = np.full((4, 4, 3), k, np.uint8)
-    return frame, FrameResult(k, k / fps, np.zeros((0, 4), np.int32), [], np.zeros((0, 7), np.float32),
-                              np.zeros((0, 2), np.float32))
+    return frame, frame_result(k, k / fps, np.zeros((0, 4), np.int32), [], np.zeros((0, 7), np.float32), EMOTIONS)
 
 
 def play(window, clock, n, cost=lambda k: 0.0, fps=20.0):
@@ -348,7 +351,7 @@ def test_behind_skips_showing_never_processing():
     window = Window(pacer=Pacer(1.0, clock=clock), gui=gui)
     written = []
     window_write = window.write
-    window.write = lambda frame, result, fps=None: (written.append(result.index), window_write(frame, result))
+    window.write = lambda frame, result, fps=None: (written.append(result.frame), window_write(frame, result))
     play(window, clock, 30, cost=lambda k: 0.2 if k == 10 else 0.0)       # one stall of 0.2 s at frame 10
     assert written == list(range(30))                                    # every frame processed
     shown = dict(gui.shown)
@@ -487,7 +490,7 @@ def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
     clip = make_cut_clip(tmp_path / "cut.avi")
     predictor = Predictor(models / "fer_model.onnx")
     # Without the cut check the first person's track goes on over the second person (the test is not vacuous).
-    before = {k: r.ids for k, (_, r) in enumerate(
+    before = {k: [f.track_id for f in r.faces] for k, (_, r) in enumerate(
         VideoPipeline(predictor, video_detector(), threaded=True, fps=20, scene_cuts=False).run(VideoReader(clip)))}
     first = set(before[0])
     assert first and any(first & set(before[k]) for k in range(CUT, CUT + 3))
@@ -495,7 +498,7 @@ def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
     drawn = []
     draw = Overlay.draw_result
     monkeypatch.setattr(Overlay, "draw_result",
-                        lambda self, frame, result, **kw: (drawn.append((result.index, list(result.ids))),
+                        lambda self, frame, result, **kw: (drawn.append((result.frame, [f.track_id for f in result.faces])),
                                                            draw(self, frame, result, **kw)))
     log, summary, out = tmp_path / "log.csv", tmp_path / "summary.json", tmp_path / "out.mp4"
     with pytest.raises(SystemExit) as e:
@@ -520,9 +523,9 @@ def test_first_face_is_gone_after_a_hard_cut(models, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("threaded", [True, False])
 def test_test_clip_first_face_ends_at_its_cut(models, threaded):
-    items = analyse_video(str(TEST_VIDEO), Predictor(models / "fer_model.onnx"), video_detector(),
+    items = analyse_frames(str(TEST_VIDEO), Predictor(models / "fer_model.onnx"), video_detector(),
                           threaded=threaded, max_frames=60)
-    ids = {r.index: set(r.ids) for _, r in items}
+    ids = {r.frame: {f.track_id for f in r.faces} for _, r in items}
     first = set().union(*(ids[k] for k in range(50)))
     assert first and all(first.isdisjoint(ids[k]) for k in range(50, 60))
     assert all(len(ids[k]) == 2 for k in range(50, 60))                 # the second shot's two faces, at once
@@ -665,7 +668,7 @@ def test_a_full_disk_during_save_output_fails_cleanly(models, tmp_path, library)
 def test_analyse_video_checks_its_options_first(kwargs, expect):
     options = {"source": str(TEST_VIDEO), **kwargs}
     with pytest.raises(FERError, match=expect):
-        analyse_video(options.pop("source"), None, None, **options)       # before any model or capture is used
+        analyse_frames(options.pop("source"), None, None, **options)       # before any model or capture is used
 
 
 def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path):

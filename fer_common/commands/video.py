@@ -87,7 +87,7 @@ def main(args):
     detector = detector_from_args(args)
     summary = FaceSummary(predictor.class_names)
     with VideoReader(source, args.max_frames or None) as reader:
-        pipeline = VideoPipeline(predictor, detector, detect_every=args.detect_every, smooth=args.smooth,
+        pipeline = VideoPipeline(predictor, detector, detect_every=args.detect_every, smooth=args.smooth, source=reader.name,
                                  threaded=args.threaded, fps=reader.clock_fps)
         sinks = output_sinks(reader, predictor.class_names, save_output=args.save_output, log_csv=args.log_csv,
                              display=False if args.no_display else None, speed=args.speed,

@@ -21,12 +21,12 @@ from urllib.parse import unquote, urlsplit
 from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.files import write_json
-from fer_common.shipped import SHIPPED_MODELS_DIR
+from fer_common.shipped import DETECTOR_FILE, MODEL_FILE, SHIPPED_MODELS_DIR
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 ORT_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
 # What the page loads from models/: the int8 classifier and YuNet (fer_common.predictor / detection use the same).
-MODEL_FILES = ("fer_model.int8.onnx", "face_detection_yunet_2023mar.onnx")
+MODEL_FILES = (MODEL_FILE, DETECTOR_FILE)
 SETTINGS_FILE = WEB_DIR / "settings.json"
 
 
@@ -44,7 +44,7 @@ def page_settings() -> dict:
 
     tracker = FaceTracker()
     return {
-        "files": {"classifier": MODEL_FILES[0], "detector": detection.YUNET_FILE},
+        "files": {"classifier": MODEL_FILE, "detector": DETECTOR_FILE},
         "detector": {"scoreThreshold": detection.SCORE_THRESHOLD, "smallFaceScore": detection.SMALL_FACE_SCORE,
                      "nmsThreshold": detection.NMS_THRESHOLD, "topK": detection.TOP_K,
                      "minFace": detection.YUNET_MIN_FACE, "smallFace": detection.SMALL_FACE,

@@ -8,7 +8,6 @@ so an interrupted download resumes where it stopped; the folder is removed once 
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -23,8 +22,8 @@ from tqdm import tqdm
 
 from fer_common.errors import FERError
 from fer_common.datasets.fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
-from fer_common.files import (check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, sibling_name,
-                    write_json)
+from fer_common.files import (check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, sha256_file,
+                              sibling_name, write_json)
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -152,17 +151,9 @@ def _stream(url: str, part: Path, auth=None) -> None:
                        f"run the same command again to resume it")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_sha256(path: Path, expected: str, remove: bool) -> None:
     """Raise FERError naming both sums if `path` does not hash to `expected` (and delete it if `remove`)."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected.strip().lower():
         if remove:
             path.unlink()

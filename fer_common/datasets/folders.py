@@ -17,27 +17,39 @@ from fer_common.labels import MIN_CLASSES, class_name
 from fer_common.preprocess import read_image, resize
 
 
-def find_classes(root) -> tuple[list[str], list[Path]]:
-    """Class names (sorted) and their folders: every sub-folder is a class, at least 2, none of them empty."""
+def class_folders(root, hint: str = "") -> tuple[dict[str, Path], list[Path]]:
+    """The class-folder walk: {class name: folder}, sorted by name, and the plain files found beside the
+    folders. Every sub-folder (hidden ones aside) is a class; two folders may not spell one class; at least
+    MIN_CLASSES. `hint` ends the "not found" message (what to run first)."""
     root = Path(root)
     if not root.is_dir():
-        raise FERError(f"data folder not found: {root}")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    if len(folders) < MIN_CLASSES:
-        found = f"only {folders[0].name}/" if folders else "none"
-        raise FERError(f"{root} should hold one sub-folder of images per class, at least {MIN_CLASSES} classes; "
-                       f"found {found}")
+        raise FERError(f"{root} not found: {hint}" if hint else f"data folder not found: {root}")
     folder_of: dict[str, Path] = {}
-    for folder in folders:
-        name = class_name(check_class_folder_name(folder))
+    loose: list[Path] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            loose.append(entry)
+            continue
+        name = class_name(check_class_folder_name(entry))
         if name in folder_of:
-            raise FERError(f"{folder_of[name]} and {folder} are both the class {name}: merge them into one folder")
-        folder_of[name] = folder
+            raise FERError(f"{folder_of[name]} and {entry} are both the class {name}: merge them into one folder")
+        folder_of[name] = entry
+    if len(folder_of) < MIN_CLASSES:
+        found = f"only {next(iter(folder_of.values())).name}/" if folder_of else "none"
+        raise FERError(f"{root} should hold one sub-folder of images per class, at least {MIN_CLASSES} classes; "
+                       f"found {found}" + (f" ({hint})" if hint and not folder_of else ""))
+    return dict(sorted(folder_of.items())), loose
+
+
+def find_classes(root) -> tuple[list[str], list[Path]]:
+    """Class names (sorted, as ImageFolder sorts its folders) and their folders, none of them empty."""
+    folder_of, _ = class_folders(root)
+    for folder in folder_of.values():
         if not any(f.is_file() and is_image_name(f.name) for f in folder.iterdir()):
             raise FERError(f"class folder {folder} has no images")
-    # Sorted by class name, as ImageFolder sorts its folder names.
-    names = sorted(folder_of)
-    return names, [folder_of[n] for n in names]
+    return list(folder_of), list(folder_of.values())
 
 
 def list_samples(root, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fer_common.datasets.folders import class_folders
 from fer_common.errors import FERError
-from fer_common.files import (check_class_folder_name, check_outside, is_image_name, make_temp_dir, os_error_text, printable,
-                    replace_dir, write_json)
-from fer_common.labels import EMOTIONS, MIN_CLASSES, class_name
+from fer_common.files import (check_outside, is_image_name, make_temp_dir, os_error_text, printable,
+                              replace_dir, write_json)
+from fer_common.labels import EMOTIONS
 
 MODES = ("copy", "hardlink", "symlink")
 SPLIT_INFO = ".split.json"
@@ -26,32 +27,13 @@ SPLIT_INFO = ".split.json"
 def list_class_files(train_dir) -> tuple[dict[str, list[Path]], list[Path]]:
     """Image files per class name (sorted by name), and the non-image files that were passed over.
 
-    Every sub-folder is a class (FER-2013's emotions in any case mean the same class; other names as written).
-    """
-    train_dir = Path(train_dir)
-    if not train_dir.is_dir():
-        raise FERError(f"{train_dir} not found: run download_dataset.py first (or give --dataset_path)")
+    The classes are the class-folder walk's (fer_common.datasets.folders.class_folders)."""
+    folder_of, skipped = class_folders(train_dir, hint="run download_dataset.py first, or give --dataset_path")
     files: dict[str, list[Path]] = {}
-    folder_of: dict[str, Path] = {}
-    skipped: list[Path] = []
-    for entry in sorted(train_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            skipped.append(entry)
-            continue
-        cls = class_name(check_class_folder_name(entry))
-        if cls in folder_of:
-            raise FERError(f"{folder_of[cls]} and {entry} are both the class {cls}")
-        folder_of[cls] = entry
+    for cls, folder in folder_of.items():
         files[cls] = []
-        for f in sorted(entry.iterdir(), key=lambda p: p.name):
+        for f in sorted(folder.iterdir(), key=lambda p: p.name):
             (files[cls] if f.is_file() and is_image_name(f.name) else skipped).append(f)
-    if not files:
-        raise FERError(f"{train_dir} has no class folders: run download_dataset.py first")
-    if len(files) < MIN_CLASSES:
-        raise FERError(f"{train_dir} has only the class folder {next(iter(folder_of.values())).name}/: "
-                       f"a classifier needs at least {MIN_CLASSES} classes, one sub-folder of images each")
     return files, skipped
 
 

@@ -96,24 +96,29 @@ def list_images(inputs: Iterable, recursive: bool = False) -> list[str]:
 STAGES = ("read", "detect", "classify")
 
 
-def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
-                   spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
-    """One batch of image paths -> one Result each, in order: read, detect (with `detector`, an object with
-    detect_scored, or None: each image is one face), one forward pass per `batch_size` faces.
+def decode_channels(predictor, detect: bool) -> int:
+    """The channels to decode an image file with: images to detect faces in stay BGR, as OpenCV's detectors
+    take them; whole images are decoded straight to the model's channels, as training decodes them. Either
+    way converted once, the same for folders, Ray and FER.analyse_image."""
+    return 3 if detect else predictor.preprocessing["channels"]
 
-    The unit of work of every bulk engine: iter_results' threads here, Ray Data's workers
-    (fer_common.cluster). `start` numbers the results (Result.index); `spent` adds seconds per stage.
-    """
+
+def read_for(predictor, path, detect: bool) -> np.ndarray | None:
+    """An image file decoded as the model will see it (decode_channels); None when unreadable."""
+    return read_image(path, decode_channels(predictor, detect), bgr=True)
+
+
+def analyse_images(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
+                   spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
+    """Decoded images -> one Result each, in order: the one composition of detect -> crop -> predict.
+
+    images: (array or None when unreadable, name) pairs, arrays BGR or gray uint8. detector: an object with
+    detect_scored, or None (each image is one face crop). One forward pass per `batch_size` faces. `start`
+    numbers the results (Result.index); `spent` adds seconds per stage; the locks guard a shared detector
+    or model."""
     spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
-    channels = predictor.preprocessing["channels"]
     crops, found = [], []              # found: per image (boxes, scores, size, error)
-    for path in paths:
-        t0 = time.perf_counter()
-        # Whole images are decoded as the model's channels, exactly as training decodes them; images to
-        # detect faces in stay BGR, as OpenCV's detectors take them. Either way: converted once.
-        image = read_image(path, 3 if detector is not None else channels, bgr=True)
-        t1 = time.perf_counter()
-        spent["read"] += t1 - t0
+    for image, _ in images:
         if image is None:
             found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
             continue
@@ -122,10 +127,11 @@ def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFA
             boxes, scores = np.array([[0, 0, *size]], np.int32), None
             crops.append(image)
         else:
+            t0 = time.perf_counter()
             with detect_lock or contextlib.nullcontext():
                 boxes, scores = detector.detect_scored(image)
             crops += crop_faces(image, boxes)
-            spent["detect"] += time.perf_counter() - t1
+            spent["detect"] += time.perf_counter() - t0
         found.append((boxes, scores, size, None))
     t0 = time.perf_counter()
     probs, embs = [], []
@@ -137,12 +143,25 @@ def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFA
     probs, embs = np.concatenate(probs), np.concatenate(embs)
     spent["classify"] += time.perf_counter() - t0
     results, k = [], 0
-    for j, (path, (boxes, scores, size, error)) in enumerate(zip(paths, found)):
+    for j, ((_, name), (boxes, scores, size, error)) in enumerate(zip(images, found)):
         n = len(boxes)
-        results.append(make_result(path, predictor.class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
+        results.append(make_result(name, predictor.class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
                                    size=size, error=error, index=start + j))
         k += n
     return results
+
+
+def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
+                   spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
+    """One batch of image paths -> one Result each, in order: read them (read_for), then analyse_images.
+
+    The unit of work of every bulk engine: iter_results' threads here, Ray Data's workers
+    (fer_common.infer.cluster)."""
+    spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
+    t0 = time.perf_counter()
+    images = [(read_for(predictor, path, detector is not None), path) for path in paths]
+    spent["read"] += time.perf_counter() - t0
+    return analyse_images(predictor, images, detector, batch_size, start, spent, detect_lock, classify_lock)
 
 
 def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE,

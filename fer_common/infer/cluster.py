@@ -58,10 +58,9 @@ def import_ray():
 # ------------------------------------------------------------------------------------------------ workers
 
 def _load_predictor(models, model_type, tta, device, provider):
-    from fer_common.infer.predictor import Ensemble, Predictor
+    from fer_common.infer.predictor import load_models
 
-    members = [Predictor(p, model_type, device=device, provider=provider, tta=tta) for p in models]
-    return members[0] if len(members) == 1 else Ensemble(members)
+    return load_models(models, model_type, device, provider, tta)
 
 
 class BatchClassifier:

@@ -9,7 +9,6 @@ each face into the square crop FER-2013 would have made of it (fitted with bench
 figures in models/DETECTOR.md). `detect_faces` gives the detector's own boxes, landmarks and scores.
 """
 
-import hashlib
 from pathlib import Path
 
 import cv2
@@ -17,11 +16,12 @@ import numpy as np
 
 from fer_common import cli
 from fer_common.errors import FERError
-from fer_common.shipped import SHIPPED_MODELS_DIR
+from fer_common.shipped import DETECTOR_FILE, SHIPPED_MODELS_DIR
+from fer_common.files import sha256_file
 
 DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
-YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_FILE = DETECTOR_FILE
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 SHIPPED_YUNET = SHIPPED_MODELS_DIR / YUNET_FILE
 # YuNet finds faces of about 10 to 300 px in the image it is given (OpenCV Zoo); under 16 px its scores fall
@@ -44,10 +44,6 @@ YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") fo
 HAAR_MARGIN = 0.1
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def yunet_model_path(model_path=None) -> Path:
     """The YuNet ONNX file: the one given, else the one shipped in models/ (SHA-256 checked)."""
     if model_path:
@@ -59,7 +55,7 @@ def yunet_model_path(model_path=None) -> Path:
                f"package), pass --detector_model PATH, or use --detector haar")
     if not SHIPPED_YUNET.is_file():
         raise FERError(f"the shipped YuNet face detector is missing ({SHIPPED_YUNET}): {restore}")
-    if _sha256(SHIPPED_YUNET) != YUNET_SHA256:
+    if sha256_file(SHIPPED_YUNET) != YUNET_SHA256:
         raise FERError(f"the shipped YuNet face detector {SHIPPED_YUNET} is damaged (SHA-256 mismatch): {restore}")
     return SHIPPED_YUNET
 

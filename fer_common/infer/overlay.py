@@ -6,7 +6,7 @@ panel already placed, to the free spot nearest its face. Sizes come from the fra
 
     overlay = Overlay(predictor.class_names)
     panels = overlay.draw(frame, boxes, probabilities, fps=24.0)   # panel rectangles [x, y, w, h]
-    overlay.draw_result(frame, result, fps=24.0)                    # a Result, or a video pipeline's FrameResult
+    overlay.draw_result(frame, result, fps=24.0)                    # a Result: a still or a video frame
     canvas = annotate(image, result, overlay)                       # a still, enlarged when small
 """
 
@@ -222,13 +222,10 @@ class Overlay:
     def draw_result(self, frame: np.ndarray, result, fps: float | None = None) -> list:
         """Draw a Result (fer_common.results: a still or a video frame) onto `frame`, in place. Each face is
         numbered: its track id in a video, 1, 2, ... left to right on a still (the numbers of the text and
-        table outputs). A video pipeline's FrameResult (boxes, ids, probabilities) is drawn the same way."""
-        if hasattr(result, "faces"):
-            boxes = [f.box for f in result.faces]
-            probabilities = probability_matrix(result, self.class_names)
-            ids = [f.track_id if f.track_id is not None else i for i, f in enumerate(result.faces, 1)]
-        else:
-            boxes, probabilities, ids = result.boxes, result.probabilities, result.ids
+        table outputs)."""
+        boxes = [f.box for f in result.faces]
+        probabilities = probability_matrix(result, self.class_names)
+        ids = [f.track_id if f.track_id is not None else i for i, f in enumerate(result.faces, 1)]
         return self.draw(frame, boxes, probabilities, fps=fps, ids=ids)
 
     def _label(self, frame, L: Layout, text: str, box, colour):

@@ -23,10 +23,10 @@ from fer_common.metrics import softmax
 from fer_common.model_info import MODEL_TYPES, check_graph, read_onnx_metadata, temperature_of
 from fer_common.preprocess import prepare_batch, small_input
 from fer_common.runtime import PROVIDERS, make_session
-from fer_common.shipped import SHIPPED_MODELS_DIR
+from fer_common.shipped import MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR
 
 # What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
-MODEL_STEMS = {"default": "fer_model", "advanced": "fer_model_advanced"}
+MODEL_STEMS = {"default": MODEL_STEM, "advanced": f"{MODEL_STEM}_advanced"}
 
 
 class Prediction(NamedTuple):
@@ -204,6 +204,15 @@ class Ensemble:
         return Prediction(probabilities.astype(np.float32), results[0].embeddings)
 
 
+def load_models(paths, model_type: str | None = None, device: str = "auto", provider: str = "auto",
+                tta: bool = False):
+    """One model file as a Predictor; several as an Ensemble averaging their probabilities."""
+    members = [Predictor(p, model_type, device=device, provider=provider, tta=tta) for p in paths]
+    if not members:
+        raise FERError("no model file given")
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
 def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, fast: bool = False) -> list[Path]:
     """Where a model is looked for without --checkpoint, in order: what training writes here, then the shipped one.
 
@@ -214,8 +223,8 @@ def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, 
     candidates = [Path(cwd or ".") / f"{MODEL_STEMS[model_type]}{ext}"]
     if model_type == "default":
         if fast:
-            candidates.append(SHIPPED_MODELS_DIR / "fer_model.int8.onnx")
-        candidates.append(SHIPPED_MODELS_DIR / f"fer_model{ext}")
+            candidates.append(SHIPPED_MODELS_DIR / MODEL_FILE)
+        candidates.append(SHIPPED_MODELS_DIR / f"{MODEL_STEM}{ext}")
     return candidates
 
 
@@ -266,7 +275,6 @@ def predictor_from_args(args, log=print, fast: bool = False):
     """Resolve the model file(s) from the flags, load them once, and say which files were loaded."""
     checkpoints = args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]
     paths = [resolve_model_file(args.model_type, c, args.use_onnx, fast=fast) for c in checkpoints]
-    members = [Predictor(p, args.model_type, device=args.device, provider=args.provider, tta=args.tta) for p in paths]
-    predictor = members[0] if len(members) == 1 else Ensemble(members)
+    predictor = load_models(paths, args.model_type, args.device, args.provider, args.tta)
     log(f"model: {predictor.describe()}")
     return predictor

@@ -18,7 +18,6 @@ from it. Rules that protect what is already on disk:
 """
 
 import csv
-import hashlib
 import json
 import os
 import stat
@@ -32,19 +31,12 @@ from fer_common.version import __version__
 from fer_common.errors import FERError
 from fer_common.files import atomic_path, write_json
 from fer_common.results import Result, table_columns, table_rows
+from fer_common.files import sha256_file
 
 FORMATS = (".jsonl", ".csv")
 # Fields of the provenance record that must match for --resume (the version too: framing or preprocessing
 # may change between versions).
 PROVENANCE_KEYS = ("version", "model", "model_sha256", "classes", "tta", "detector", "embedding")
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def provenance(predictor, tta: bool, detector: str | None, embedding: bool = False) -> dict:

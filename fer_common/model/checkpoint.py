@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from fer_common.errors import FERError
-from fer_common.model_info import check_class_names, check_preprocessing, temperature_of
+from fer_common.model_info import MODEL_TYPES, check_class_names, check_preprocessing, temperature_of
 from fer_common.files import save_torch
 from fer_common.labels import EMOTIONS
-from fer_common.model.networks import MODEL_TYPES, create_model, default_preprocessing
+from fer_common.model.networks import create_model, default_preprocessing
 
 FORMAT = "fer-checkpoint"
 VERSION = 1

@@ -12,6 +12,7 @@ from fer_common.errors import FERError
 from fer_common.labels import NUM_CLASSES
 from fer_common.model.config import DEFAULT_BACKBONE
 from fer_common.preprocess import ADVANCED_PREPROCESSING, DEFAULT_PREPROCESSING
+from fer_common.model_info import check_model_type
 
 
 
@@ -177,14 +178,13 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-MODEL_TYPES = {"default": FERNet, "advanced": AdvancedFER}
+NETWORKS = {"default": FERNet, "advanced": AdvancedFER}      # model_info.MODEL_TYPES -> its class
 
 
 def create_model(model_type: str, **config) -> nn.Module:
     """Build a model by type from its constructor arguments (as stored in a checkpoint's model_config)."""
-    if model_type not in MODEL_TYPES:
-        raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_TYPES)})")
-    return MODEL_TYPES[model_type](**config)
+    check_model_type(model_type, "create_model")
+    return NETWORKS[model_type](**config)
 
 
 def default_preprocessing(model_type: str, model: nn.Module | None = None) -> dict:

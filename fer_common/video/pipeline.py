@@ -4,37 +4,25 @@ Computing apart from presenting (detectron2's demo: the predictor predicts, the 
 pipeline draws nothing; the sinks (fer_common.video.sinks, .window) consume what it returns. A scene cut
 (SceneCuts) ends every track, so no face outlives its scene.
 
-    for frame, result in analyse_video("Test_files/Video_Test_1.mp4", predictor, detector):
-        print(result.index, result.time, result.ids, result.probabilities.argmax(1))
+    for frame, result in analyse_frames("Test_files/Video_Test_1.mp4", predictor, detector):
+        print(result.frame, result.time, [(f.track_id, f.top_emotion) for f in result.faces], result.speed)
+
+Each frame's result is the toolkit's one Result (fer_common.results), with the faces' track ids, the frame's
+index and time, and `speed` (milliseconds per stage), so images, folders and frames share every output.
 """
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from fer_common.infer.detection import crop_faces
+from fer_common.results import Result, make_result
 from fer_common.video.options import check_pipeline_options, check_video_options
 from fer_common.video.source import VideoReader
 from fer_common.video.tracking import FaceTracker
-
-
-@dataclass
-class FrameResult:
-    """What the pipeline found in one frame; rows of boxes, ids, probabilities and embeddings are the same faces."""
-    index: int                  # frame number in the source, from 0
-    time: float                 # seconds: the source's own clock (index / fps), or since the first frame when live
-    boxes: np.ndarray           # K x 4 int [x, y, w, h]: the crops the model saw, clipped to the frame
-    ids: list                   # K face ids, each kept by its face across frames
-    probabilities: np.ndarray   # K x num_classes in the model's class order (smoothed when smoothing is on)
-    embeddings: np.ndarray      # K x embedding_dim
-    # Seconds per stage: detect = the detector's run for the boxes taken in this frame (0 when none was;
-    # on the worker thread when threaded), classify = the predictor (preprocessing included), track = the
-    # rest in the caller's thread (matching, cropping, smoothing, waiting for a threaded detection).
-    timings: dict = field(default_factory=dict)
 
 
 class SceneCuts:
@@ -68,7 +56,7 @@ class SceneCuts:
 
 
 class VideoPipeline:
-    """Frame in, FrameResult out: detect every `detect_every` frames (tracked in between), classify all faces
+    """Frame in, Result out: detect every `detect_every` frames (tracked in between), classify all faces
     in one batch, smooth per face. Draws nothing and never changes the frame. Made once per video; call
     process(frame) for each frame in order, or iterate run(frames).
 
@@ -77,16 +65,17 @@ class VideoPipeline:
     smooth: weight of a face's previous probabilities (0: off), see FaceTracker.
     threaded: the detector runs on a worker thread (OpenCV releases the GIL), overlapping the caller's decode,
         classify, draw and encode; its boxes arrive at most `detect_every` frames late.
-    fps: the source's frame rate, for FrameResult.time; None (a webcam): seconds since the first frame.
+    fps: the source's frame rate, for Result.time; None (a webcam): seconds since the first frame.
+    source: the name each Result carries (the video's path, "camera 0").
     scene_cuts: at a hard cut (SceneCuts) every track ends and the frame waits for its own detection, so a
         face of the scene before is never shown, logged or summarised over the next one, threaded or not.
     """
 
     def __init__(self, predictor, detector, detect_every: int = 3, smooth: float = 0.5, threaded: bool = False,
-                 fps: float | None = None, scene_cuts: bool = True):
+                 fps: float | None = None, scene_cuts: bool = True, source: str = "video"):
         detect_every, smooth = check_pipeline_options(detect_every, smooth)
         self.predictor, self.detector = predictor, detector
-        self.detect_every, self.fps, self.threaded = detect_every, fps, threaded
+        self.detect_every, self.fps, self.threaded, self.source = detect_every, fps, threaded, str(source)
         self.tracker = FaceTracker(smooth=smooth)
         self.cuts = SceneCuts() if scene_cuts else None
         self.frame_index = 0
@@ -141,7 +130,7 @@ class VideoPipeline:
         self.tracker.update_detections(boxes, j)
         return seconds
 
-    def process(self, frame: np.ndarray) -> FrameResult:
+    def process(self, frame: np.ndarray) -> Result:
         """The faces of the next frame (BGR uint8, as OpenCV reads it)."""
         i = self.frame_index
         self.frame_index += 1
@@ -160,10 +149,16 @@ class VideoPipeline:
         t3 = time.perf_counter()
         track = (t1 - t0) + (t3 - t2) - (0.0 if self.threaded else detect)
         when = i / self.fps if self.fps else t0 - self._start
-        return FrameResult(i, when, boxes, self.tracker.ids, probabilities, embeddings,
-                           {"detect": detect, "classify": t2 - t1, "track": max(track, 0.0)})
+        result = make_result(self.source, self.predictor.class_names, boxes, probabilities, embeddings,
+                             track_ids=self.tracker.ids, size=(frame.shape[1], frame.shape[0]), frame=i, time=when,
+                             no_face_error=False)
+        # milliseconds: detect = the detector's run for the boxes taken in this frame (0 when none was; on the
+        # worker thread when threaded), classify = the predictor (preprocessing included), track = the rest in
+        # the caller's thread (matching, cropping, smoothing, waiting for a threaded detection)
+        result.speed = {"detect": detect * 1e3, "classify": (t2 - t1) * 1e3, "track": max(track, 0.0) * 1e3}
+        return result
 
-    def run(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, FrameResult]]:
+    def run(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, Result]]:
         """(frame, result) for each frame, in order; the frame is the caller's to draw on. Closes the pipeline
         at the end (also when the caller stops early and closes the generator)."""
         try:
@@ -184,9 +179,9 @@ class VideoPipeline:
         return False
 
 
-def analyse_video(source, predictor, detector, *, detect_every: int = 3, smooth: float = 0.5,
-                  threaded: bool = True, max_frames: int | None = None) -> Iterator[tuple[np.ndarray, FrameResult]]:
-    """(frame, FrameResult) for each frame of a video file (path) or webcam (int), in order; nothing drawn.
+def analyse_frames(source, predictor, detector, *, detect_every: int = 3, smooth: float = 0.5,
+                   threaded: bool = True, max_frames: int | None = None) -> Iterator[tuple[np.ndarray, Result]]:
+    """(frame, Result) for each frame of a video file (path) or webcam (int), in order; nothing drawn.
 
     The options are checked and the source is opened at the call (FERError here for a bad option, a missing
     or unreadable source); the capture and the detection thread are released when the loop ends, or when the
@@ -195,7 +190,8 @@ def analyse_video(source, predictor, detector, *, detect_every: int = 3, smooth:
     check_video_options(source, detect_every, smooth, max_frames)
     reader = VideoReader(source, max_frames)
     try:
-        pipeline = VideoPipeline(predictor, detector, detect_every, smooth, threaded=threaded, fps=reader.clock_fps)
+        pipeline = VideoPipeline(predictor, detector, detect_every, smooth, threaded=threaded, fps=reader.clock_fps,
+                                 source=reader.name)
     except BaseException:
         reader.close()
         raise

@@ -1,7 +1,7 @@
 """The run loop of a video: the sinks for real_time_video.py's outputs, and the loop that feeds them.
 
     with VideoReader("in.mp4") as reader:                    # what real_time_video.py does
-        pipeline = VideoPipeline(predictor, detector, fps=reader.clock_fps)
+        pipeline = VideoPipeline(predictor, detector, fps=reader.clock_fps, source=reader.name)
         sinks = output_sinks(reader, predictor.class_names, save_output="out.mp4", log_csv="faces.csv")
         stats = run_video(pipeline.run(reader), sinks, total=reader.total)
 """
@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer_common.video.options import check_speed
-from fer_common.video.pipeline import FrameResult
+from fer_common.results import Result
 from fer_common.video.sinks import Annotator, CsvLog, VideoFile
 from fer_common.video.source import VideoReader
 from fer_common.video.window import Pacer, Window, display_available
@@ -40,13 +40,13 @@ def output_sinks(reader: VideoReader, class_names, save_output=None, log_csv=Non
     if save_output:
         sinks.append(VideoFile(save_output, reader.fps, reader.size))
     if log_csv:
-        sinks.append(CsvLog(log_csv, class_names, reader.name))
+        sinks.append(CsvLog(log_csv, class_names))
     if window is not None:
         sinks.append(window)
     return sinks
 
 
-def run_video(results: Iterable[tuple[np.ndarray, FrameResult]], sinks=(), total: int | None = None,
+def run_video(results: Iterable[tuple[np.ndarray, Result]], sinks=(), total: int | None = None,
               progress: bool = True) -> dict:
     """Feed each (frame, result) to every sink, in order; returns frames, faces, fps, seconds, interrupted.
 
@@ -71,7 +71,7 @@ def run_video(results: Iterable[tuple[np.ndarray, FrameResult]], sinks=(), total
                 for sink in sinks:
                     sink.write(frame, result, fps)
                 frames += 1
-                faces += len(result.boxes)
+                faces += len(result.faces)
                 bar.update()
                 now = time.perf_counter()
                 instant = 1.0 / max(now - last, 1e-6)

@@ -16,8 +16,7 @@ import numpy as np
 from fer_common.errors import FERError
 from fer_common.files import atomic_path
 from fer_common.infer.overlay import Overlay
-from fer_common.results import Result, make_result, table_columns, table_rows
-from fer_common.video.pipeline import FrameResult
+from fer_common.results import Result, table_columns, table_rows
 from fer_common.video.source import quiet_stderr
 
 # What --save_output writes, the first that this installation can encode: (library, codec, name shown).
@@ -40,21 +39,10 @@ PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
                 "libsvtav1": {"preset": "10"}}
 
 
-def csv_header(class_names) -> list[str]:
-    """--log_csv's columns: those of every results table (fer_common.results.table_columns)."""
-    return table_columns(class_names)
-
-
-def to_result(result: FrameResult, source: str, class_names, size) -> Result:
-    """A pipeline's FrameResult as the toolkit's one result model (a frame without a face has no error)."""
-    return make_result(source, class_names, result.boxes, result.probabilities, result.embeddings,
-                       track_ids=result.ids, size=size, frame=result.index, time=result.time, no_face_error=False)
-
-
 class Sink:
     stop = False
 
-    def write(self, frame: np.ndarray, result: FrameResult, fps: float | None = None) -> None:
+    def write(self, frame: np.ndarray, result: Result, fps: float | None = None) -> None:
         raise NotImplementedError
 
     def __enter__(self):
@@ -244,8 +232,8 @@ class CsvLog(Sink):
     table (fer_common.results.table_rows: source, frame, time, ..., track_id, top_emotion, confidence, one
     column per class, error). A write that fails (a full disk) is a FERError, and no partial log is left."""
 
-    def __init__(self, path, class_names, source: str = "video"):
-        self.path, self.class_names, self.source = Path(path), list(class_names), str(source)
+    def __init__(self, path, class_names):
+        self.path, self.class_names = Path(path), list(class_names)
         self._stack = contextlib.ExitStack()
         self.rows = None
 
@@ -257,14 +245,13 @@ class CsvLog(Sink):
         with self._stack as stack:
             tmp = stack.enter_context(atomic_path(self.path, suffix=".csv"))
             self.rows = csv.writer(stack.enter_context(open(tmp, "w", newline="", encoding="utf-8")))
-            self.rows.writerow(csv_header(self.class_names))
+            self.rows.writerow(table_columns(self.class_names))
             self._stack = stack.pop_all()
         return self
 
     def write(self, frame, result, fps=None) -> None:
-        size = (frame.shape[1], frame.shape[0])
         try:
-            self.rows.writerows(table_rows(to_result(result, self.source, self.class_names, size), self.class_names))
+            self.rows.writerows(table_rows(result, self.class_names))
         except OSError as e:
             raise self._error(e) from None
 

@@ -4,7 +4,7 @@ as they come, or afterwards from a real_time_video.py --log_csv file (the same n
 same smoothed probabilities and top classes).
 
     summary = FaceSummary(predictor.class_names)
-    for frame, result in analyse_video("clip.mp4", predictor, detector):
+    for frame, result in analyse_frames("clip.mp4", predictor, detector):
         summary.add_result(result)
     print(summary.table())
     write_json("summary.json", summary.to_dict())
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fer_common.errors import FERError
-from fer_common.results import table_columns
+from fer_common.results import probability_matrix, table_columns
 from fer_common.files import atomic_path
 
 MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed here: pip install matplotlib"
@@ -70,9 +70,9 @@ class FaceSummary:
         tops.append(int(np.argmax(probabilities)) if top is None else int(top))
 
     def add_result(self, result) -> None:
-        """Every face of a video pipeline's FrameResult."""
-        for face_id, p in zip(result.ids, result.probabilities):
-            self.add(face_id, result.time, p)
+        """Every face of a video frame's Result (its track ids name the faces)."""
+        for face, p in zip(result.faces, probability_matrix(result, self.class_names)):
+            self.add(face.track_id, result.time, p)
 
     def write(self, frame, result, fps=None) -> None:
         self.add_result(result)

@@ -21,7 +21,7 @@ def display_available() -> bool:
 
 
 class Pacer:
-    """When each frame of a file is due on screen: the source's clock (FrameResult.time) divided by `speed`,
+    """When each frame of a file is due on screen: the source's clock (Result.time) divided by `speed`,
     from the first frame shown. A pause moves the clock on by its length; a frame more than `max_lag`
     seconds late moves it on too (a pipeline slower than the source plays slower, it does not freeze).
 
