@@ -235,3 +235,9 @@ def test_the_package_face_names_every_public_object():
         assert obj.__module__ == module or name == "to_dataframe", name
     with __import__("pytest").raises(AttributeError):
         fer_common.no_such_thing
+
+
+def test_no_module_over_450_lines():
+    long = {name: n for name in module_names()
+            if (n := len(_source(name).read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, f"modules over 450 lines (split them by concern): {long}"
