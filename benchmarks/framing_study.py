@@ -85,14 +85,14 @@ def collect(files, detector, rng, border, haar=None):
     for path, label in files:
         face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         canvas, rect = make_canvas(face, rng, border)
-        faces = detector.detect_faces(canvas)
+        faces = detector.yunet_detections(canvas)
         scale = min(1.0, detector.detect_size / min(canvas.shape[:2]))
         shipped = faces[keep_scores(faces, SCORE_THRESHOLD, SMALL_FACE_SCORE, scale)]
         sample = {"label": label, "canvas": canvas, "rect": rect, "faces": faces, "scale": scale,
                   "face": faces[np.argmax(faces[:, 14])] if len(faces) else None,
                   "shipped": shipped[np.argmax(shipped[:, 14])] if len(shipped) else None}
         if haar is not None:
-            boxes = haar.detect_faces(canvas)
+            boxes = haar.yunet_detections(canvas)
             sample["haar"] = boxes[np.argmax(boxes[:, 2] * boxes[:, 3])] if len(boxes) else None
         out.append(sample)
     return out
@@ -179,7 +179,7 @@ def clip_errors(detector, threshold, video=REPO / "Test_files" / "Video_Test_1.m
         ok, frame = cap.read()
         if not ok:
             break
-        n = int((detector.detect_faces(frame)[:, 14] >= threshold).sum())
+        n = int((detector.yunet_detections(frame)[:, 14] >= threshold).sum())
         expected = 1 if i < 50 else 2
         missed += max(0, expected - n)
         false += max(0, n - expected)
@@ -192,7 +192,7 @@ def threshold_study(fer_samples, min_face):
     """Per (threshold, threshold for faces under 32 px at the first pass): FER faces found, false boxes."""
     detector = FaceDetector(score_threshold=0.2, small_face_score=0.2, min_face=min_face)
     portrait = cv2.imread(str(REPO / "Test_files" / "IMG_test_1.jpg"))
-    cases = [(name, detector.detect_faces(image), centres, min(1.0, detector.detect_size / min(image.shape[:2])))
+    cases = [(name, detector.yunet_detections(image), centres, min(1.0, detector.detect_size / min(image.shape[:2])))
              for name, image, centres in detection_cases(portrait)]
     cap = cv2.VideoCapture(str(REPO / "Test_files" / "Video_Test_1.mp4"))
     clip = []
@@ -200,7 +200,7 @@ def threshold_study(fer_samples, min_face):
         ok, frame = cap.read()
         if not ok:
             break
-        clip.append(detector.detect_faces(frame))
+        clip.append(detector.yunet_detections(frame))
         clip_scale = min(1.0, detector.detect_size / min(frame.shape[:2]))
     cap.release()
     rows = []

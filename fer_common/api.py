@@ -33,10 +33,9 @@ import numpy as np
 from fer_common.infer.bulk import analyse_images, decode_channels
 from fer_common.infer.detection import FaceDetector
 from fer_common.errors import FERError
-from fer_common.infer.predictor import load_models
+from fer_common.infer.predictor import load_models, resolve_model_file
 from fer_common.preprocess import read_image
 from fer_common.results import Face, Result
-from fer_common.shipped import MODEL_FILE, SHIPPED_MODELS_DIR
 
 ACCEPTED = "a path, a uint8 array (H x W gray, H x W x 3 BGR or H x W x 4 BGRA, as OpenCV gives them) or a PIL image"
 
@@ -87,7 +86,8 @@ class FER:
         paths = model if isinstance(model, (list, tuple)) else [model]
         if not paths:
             raise FERError("model=[]: give a model file, several, or None for the shipped model")
-        files = [SHIPPED_MODELS_DIR / MODEL_FILE if p is None else Path(p) for p in paths]
+        # resolve_model_file's rule, without a folder of its own: a named file or short name, else the shipped model
+        files = [resolve_model_file(checkpoint=p, here=None)[0] for p in paths]
         self.predictor = load_models(files, device=device, tta=tta)
         self.detector = FaceDetector(detector) if detector else None
         self._detect_lock = threading.Lock()

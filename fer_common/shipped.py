@@ -23,3 +23,5 @@ SHIPPED_MODELS_DIR = shipped_dir()
 MODEL_FILE = "fer_model.int8.onnx"
 MODEL_STEM = "fer_model"
 DETECTOR_FILE = "face_detection_yunet_2023mar.onnx"
+# Short names of the shipped models, for --checkpoint NAME and FER(model=NAME).
+SHORT_NAMES = {"default": MODEL_FILE, "shipped": MODEL_FILE}

@@ -69,7 +69,7 @@ def test_detected_faces_go_back_to_their_images(predictor, tmp_path):
         def __init__(self):
             made.append(threading.get_ident())
 
-        def detect_scored(self, frame):
+        def detect_with_scores(self, frame):
             boxes = np.array(frames[frame.tobytes()], np.int32).reshape(-1, 4)
             return boxes, np.full(len(boxes), 0.75, np.float32)
 

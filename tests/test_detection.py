@@ -37,7 +37,7 @@ def test_yunet_finds_the_face_in_the_test_image(yunet):
     # The astronaut's face: centred near (225, 115) in the 512 x 512 portrait, about 95 px wide; the box is
     # its square FER-2013 crop.
     assert w == h and abs(x + w / 2 - 225) < 25 and abs(y + h / 2 - 115) < 25 and 70 < w < 150
-    faces = yunet.detect_faces(image)
+    faces = yunet.yunet_detections(image)
     assert faces.shape == (1, 15) and 0.5 < faces[0, 14] <= 1       # box, 5 landmarks, score
 
 
@@ -93,7 +93,7 @@ def test_gray_frames_and_no_face(yunet, haar):
 
 def test_haar_still_works_with_its_margin(haar):
     image = cv2.imread(str(TEST_IMAGE))
-    raw = haar.detect_faces(image)
+    raw = haar.yunet_detections(image)
     boxes = haar.detect(image)
     assert raw.shape == (1, 4) and boxes.shape == (1, 4)
     assert tuple(boxes[0]) == expand_box(raw[0], detection.HAAR_MARGIN, image.shape)

@@ -89,20 +89,32 @@ def test_providers_only_gpu_when_usable(monkeypatch):
         onnx_providers("cuda")
 
 
-def test_resolve_model_file(tmp_path, monkeypatch):
+def test_resolve_model_file_is_one_rule(tmp_path, monkeypatch):
+    # named > trained here > shipped, with the reason printed; the API looks in no folder (here=None)
     monkeypatch.setattr(predictor_module, "SHIPPED_MODELS_DIR", tmp_path / "models")
     with pytest.raises(FERError) as e:
-        resolve_model_file("default", cwd=tmp_path)
+        resolve_model_file("default", here=tmp_path)
     assert "fer_model.pth" in str(e.value) and "fine_tuning.py" in str(e.value)
     with pytest.raises(FERError, match="advanced_pretrained.py"):
-        resolve_model_file("advanced", use_onnx=True, cwd=tmp_path)
+        resolve_model_file("advanced", use_onnx=True, here=tmp_path)
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "fer_model.onnx").write_bytes(b"x")
-    assert resolve_model_file("default", use_onnx=True, cwd=tmp_path) == tmp_path / "models" / "fer_model.onnx"
+    (tmp_path / "models" / "fer_model.int8.onnx").write_bytes(b"x")
+    assert resolve_model_file("default", use_onnx=True, here=tmp_path) == (tmp_path / "models" / "fer_model.int8.onnx",
+                                                                           "shipped")
     (tmp_path / "fer_model.onnx").write_bytes(b"x")
-    assert resolve_model_file("default", use_onnx=True, cwd=tmp_path) == tmp_path / "fer_model.onnx"
+    path, why = resolve_model_file("default", use_onnx=True, here=tmp_path)
+    assert path == tmp_path / "fer_model.onnx" and why.startswith("trained here")
+    assert resolve_model_file("default", use_onnx=True, here=None)[0].name == "fer_model.int8.onnx"
+    assert resolve_model_file(checkpoint="default", here=tmp_path)[0].name == "fer_model.int8.onnx"
     with pytest.raises(FERError, match="model file not found"):
         resolve_model_file("default", checkpoint=tmp_path / "nope.pth")
+
+
+def test_a_pth_trained_here_without_torch_is_passed_over_with_a_word(tmp_path, monkeypatch):
+    monkeypatch.setattr(predictor_module, "_torch_installed", lambda: False)
+    (tmp_path / "fer_model.pth").write_bytes(b"x")
+    path, why = resolve_model_file("default", here=tmp_path)
+    assert path.name == "fer_model.int8.onnx" and "needs PyTorch" in why and "fer-toolkit[train]" in why
 
 
 def test_building_a_predictor_leaves_the_process_alone(tmp_path):
@@ -113,7 +125,7 @@ def test_building_a_predictor_leaves_the_process_alone(tmp_path):
     before = torch.get_num_threads()
     predictor = Predictor(tmp_path / "m.pth", device="cpu")
     assert torch.get_num_threads() == before          # the script decides: predictor.set_threads()
-    assert predictor.small
+    assert predictor.prefers_one_thread
 
 
 def test_inference_resizes_as_training_does():

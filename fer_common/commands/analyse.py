@@ -160,7 +160,7 @@ def main(args):
     if args.engine == "ray":
         init_ray(args.address, args.workers)        # before any output: no Ray, or no cluster there, is one line
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
-    predictor = predictor_from_args(args, log=log, fast=True)     # int8: 4x faster per face, same accuracy
+    predictor = predictor_from_args(args, log=log)
     predictor.set_threads()
     if not args.no_detect:
         detector_from_args(args)                    # a bad detector setting fails here, before any work

@@ -82,7 +82,7 @@ def main(args):
         return 0
     source = args.video if args.video else args.camera
     check_video_options(source, args.detect_every, args.smooth, args.max_frames or None, args.speed)
-    predictor = predictor_from_args(args, fast=True)   # the shipped int8 model, when no model of yours is here
+    predictor = predictor_from_args(args)
     predictor.set_threads()                            # the script owns the process's thread count
     detector = detector_from_args(args)
     summary = FaceSummary(predictor.class_names)

@@ -113,7 +113,7 @@ def analyse_images(predictor, images: list, detector=None, batch_size: int = DEF
     """Decoded images -> one Result each, in order: the one composition of detect -> crop -> predict.
 
     images: (array or None when unreadable, name) pairs, arrays BGR or gray uint8. detector: an object with
-    detect_scored, or None (each image is one face crop). One forward pass per `batch_size` faces. `start`
+    detect_with_scores, or None (each image is one face crop). One forward pass per `batch_size` faces. `start`
     numbers the results (Result.index); `spent` adds seconds per stage; the locks guard a shared detector
     or model."""
     spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
@@ -129,7 +129,7 @@ def analyse_images(predictor, images: list, detector=None, batch_size: int = DEF
         else:
             t0 = time.perf_counter()
             with detect_lock or contextlib.nullcontext():
-                boxes, scores = detector.detect_scored(image)
+                boxes, scores = detector.detect_with_scores(image)
             crops += crop_faces(image, boxes)
             spent["detect"] += time.perf_counter() - t0
         found.append((boxes, scores, size, None))

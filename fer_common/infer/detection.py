@@ -6,7 +6,7 @@
 
 The classifier was trained on FER-2013 crops, so a detector's box is not what it should see: `detect` turns
 each face into the square crop FER-2013 would have made of it (fitted with benchmarks/framing_study.py,
-figures in models/DETECTOR.md). `detect_faces` gives the detector's own boxes, landmarks and scores.
+figures in models/DETECTOR.md). `yunet_detections` gives the detector's own boxes, landmarks and scores.
 """
 
 from pathlib import Path
@@ -129,22 +129,22 @@ class FaceDetector:
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """K x 4 int32 boxes [x, y, w, h], FER-2013 framing, in the frame's coordinates, sorted left to right."""
-        return self.detect_scored(frame)[0]
+        return self.detect_with_scores(frame)[0]
 
-    def detect_scored(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def detect_with_scores(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """detect's boxes, clipped to the frame (the crop the model sees), and the detector's score of each
         (None for Haar, which gives none)."""
         if self.kind == "haar":
             boxes, scores = np.array([expand_box(b, HAAR_MARGIN, frame.shape) for b in self._detect_haar(frame)],
                                      np.int32).reshape(-1, 4), None
         else:
-            faces = self.detect_faces(frame)
+            faces = self.yunet_detections(frame)
             boxes = np.array([expand_box(b, 0.0, frame.shape) for b in fer_framing(faces)], np.int32).reshape(-1, 4)
             scores = faces[:, 14].astype(np.float32)
         order = np.argsort(boxes[:, 0], kind="stable")
         return boxes[order], None if scores is None else scores[order]
 
-    def detect_faces(self, frame: np.ndarray) -> np.ndarray:
+    def yunet_detections(self, frame: np.ndarray) -> np.ndarray:
         """The detector's own faces: N x 15 float32 rows (x, y, w, h, right eye, left eye, nose tip,
         right and left mouth corner as x, y pairs, score) for YuNet; N x 4 boxes for Haar; frame coordinates."""
         if self.kind == "haar":

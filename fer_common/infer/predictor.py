@@ -23,7 +23,7 @@ from fer_common.metrics import softmax
 from fer_common.model_info import MODEL_TYPES, check_graph, read_onnx_metadata, temperature_of
 from fer_common.preprocess import prepare_batch, small_input
 from fer_common.runtime import PROVIDERS, make_session
-from fer_common.shipped import MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR
+from fer_common.shipped import MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR, SHORT_NAMES
 
 # What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
 MODEL_STEMS = {"default": MODEL_STEM, "advanced": f"{MODEL_STEM}_advanced"}
@@ -96,7 +96,7 @@ class Predictor:
         return len(self.class_names)
 
     @property
-    def small(self) -> bool:
+    def prefers_one_thread(self) -> bool:
         """A model too small to split across cores (the 48x48 CNN): one thread runs it fastest."""
         return small_input(self.preprocessing)
 
@@ -111,7 +111,7 @@ class Predictor:
         at a few faces per batch, and on a busy CPU their spin-waits cost far more than they give. ONNX sessions
         get their threads when they are made (runtime.make_session)."""
         if self.runtime == "torch":
-            set_cpu_threads(1 if self.small else None)
+            set_cpu_threads(1 if self.prefers_one_thread else None)
 
     def describe(self) -> str:
         where = self.provider if self.runtime == "onnx" else self.device
@@ -182,7 +182,7 @@ class Ensemble:
 
     def set_threads(self) -> None:
         if any(m.runtime == "torch" for m in self.members):
-            set_cpu_threads(1 if all(m.small for m in self.members) else None)
+            set_cpu_threads(1 if all(m.prefers_one_thread for m in self.members) else None)
 
     @property
     def temperature(self) -> float:
@@ -213,39 +213,53 @@ def load_models(paths, model_type: str | None = None, device: str = "auto", prov
     return members[0] if len(members) == 1 else Ensemble(members)
 
 
-def default_model_candidates(model_type: str, use_onnx: bool = False, cwd=None, fast: bool = False) -> list[Path]:
-    """Where a model is looked for without --checkpoint, in order: what training writes here, then the shipped one.
+def shipped_model(name: str) -> Path | None:
+    """The shipped model file a short name stands for ("default", "shipped"), or None for any other name."""
+    return SHIPPED_MODELS_DIR / SHORT_NAMES[name] if name in SHORT_NAMES else None
 
-    fast: prefer the shipped int8 ONNX model (4x faster per face on a CPU, as accurate on PublicTest as the fp32
-    one: models/README.md) over the fp32 one, as inference.py and real_time_video.py do.
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def resolve_model_file(model_type: str = "default", checkpoint=None, use_onnx: bool = False,
+                       here=".") -> tuple[Path, str]:
+    """Which model file runs, and why: the one rule of the `fer` command, the scripts and the API.
+
+    1. a named model (--checkpoint, FER(model=...)): a file, or a short name of a shipped model ("default");
+    2. else a model trained here: what the training scripts write in the folder `here` (fer_model.pth or
+       fer_model_advanced.pth, .onnx with use_onnx), as the original README's workflow runs them (train, then
+       `python inference.py`). Commands look in the current folder; the API passes here=None (a library call
+       has no folder of its own). A .pth needs PyTorch: on the light install it is passed over, said so;
+    3. else the shipped default model, the int8 ONNX file (4x faster per face on a CPU, as accurate).
     """
-    ext = ".onnx" if use_onnx else ".pth"
-    candidates = [Path(cwd or ".") / f"{MODEL_STEMS[model_type]}{ext}"]
-    if model_type == "default":
-        if fast:
-            candidates.append(SHIPPED_MODELS_DIR / MODEL_FILE)
-        candidates.append(SHIPPED_MODELS_DIR / f"{MODEL_STEM}{ext}")
-    return candidates
-
-
-def resolve_model_file(model_type: str, checkpoint=None, use_onnx: bool = False, cwd=None, fast: bool = False) -> Path:
-    """--checkpoint if given; else fer_model[_advanced].pth/.onnx in the current folder; else the shipped model."""
     if model_type not in MODEL_STEMS:
         raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_STEMS)})")
     if checkpoint:
+        shipped = shipped_model(str(checkpoint))
+        if shipped is not None and not Path(checkpoint).exists():
+            return shipped, f"the shipped model '{checkpoint}'"
         path = Path(checkpoint)
         if not path.is_file():
             raise FERError(f"model file not found: {path}")
-        return path
-    candidates = default_model_candidates(model_type, use_onnx, cwd, fast)
-    for path in candidates:
-        if path.is_file():
-            return path
+        return path, "named"
+    skipped = ""
+    if here is not None:
+        trained = Path(here) / f"{MODEL_STEMS[model_type]}{'.onnx' if use_onnx else '.pth'}"
+        if trained.is_file() and (use_onnx or _torch_installed()):
+            return trained, "trained here: found in the current folder; --checkpoint default for the shipped one"
+        if trained.is_file():
+            skipped = f"; {trained} here needs PyTorch (pip install 'fer-toolkit[train]'), so it is not used"
+    if model_type == "default" and (SHIPPED_MODELS_DIR / MODEL_FILE).is_file():
+        return SHIPPED_MODELS_DIR / MODEL_FILE, "shipped" + skipped
     how = ("train one with fine_tuning.py" if model_type == "default"
            else "train one with advanced_fine_tuning.py, or make one with advanced_pretrained.py")
-    kind = "ONNX file" if use_onnx else "checkpoint"
-    raise FERError(f"no {model_type} {kind} found (looked for {', '.join(str(p) for p in candidates)}): "
-                   f"pass --checkpoint PATH, or {how}")
+    looked = f"{MODEL_STEMS[model_type]}{'.onnx' if use_onnx else '.pth'} here" if here is not None else "a model"
+    raise FERError(f"no {model_type} model found (looked for {looked}" +
+                   (f" and {SHIPPED_MODELS_DIR / MODEL_FILE}" if model_type == "default" else "") +
+                   f"): pass --checkpoint PATH, or {how}")
 
 
 def add_predictor_args(parser, tta: bool = False):
@@ -258,9 +272,10 @@ def add_predictor_args(parser, tta: bool = False):
     g.add_argument("--model_type", default="default", choices=sorted(MODEL_TYPES),
                    help="which model: the 48x48 grayscale CNN or the timm (Swin) advanced model")
     g.add_argument("--checkpoint", metavar="PATH", nargs="+", type=cli.path_arg,
-                   help="model file (.pth or .onnx); several files make an ensemble that averages their "
-                        "probabilities; default: fer_model.pth / fer_model_advanced.pth here "
-                        "(.onnx with --use_onnx), else the shipped models/fer_model.* for the default model")
+                   help="model file (.pth or .onnx), or a shipped model's short name (default); several make an "
+                        "ensemble that averages their probabilities; without it: fer_model.pth / "
+                        "fer_model_advanced.pth trained in this folder (.onnx with --use_onnx), else the shipped "
+                        "default model (int8 ONNX)")
     g.add_argument("--use_onnx", action="store_true", help="run the ONNX export through ONNX Runtime")
     g.add_argument("--provider", default="auto", choices=PROVIDERS,
                    help="ONNX Runtime provider (auto: CUDA when a GPU is usable, else the CPU)")
@@ -271,10 +286,12 @@ def add_predictor_args(parser, tta: bool = False):
     return g
 
 
-def predictor_from_args(args, log=print, fast: bool = False):
-    """Resolve the model file(s) from the flags, load them once, and say which files were loaded."""
+def predictor_from_args(args, log=print):
+    """Resolve the model file(s) from the flags (resolve_model_file's rule), load them once, and say which
+    files were loaded and why."""
     checkpoints = args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]
-    paths = [resolve_model_file(args.model_type, c, args.use_onnx, fast=fast) for c in checkpoints]
-    predictor = load_models(paths, args.model_type, args.device, args.provider, args.tta)
-    log(f"model: {predictor.describe()}")
+    chosen = [resolve_model_file(args.model_type, c, args.use_onnx) for c in checkpoints]
+    predictor = load_models([path for path, _ in chosen], args.model_type, args.device, args.provider, args.tta)
+    why = "; ".join(sorted({why for _, why in chosen} - {"named"}))
+    log(f"model: {predictor.describe()}" + (f" ({why})" if why else ""))
     return predictor
