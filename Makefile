@@ -22,7 +22,7 @@ install: $(VENV)/.base
 demo: $(VENV)/.base
 	$(VENV)/bin/fer analyse Test_files/IMG_test_1.jpg
 
-# The browser page's ONNX Runtime Web, pinned in web/package-lock.json (tests/test_web.py skips without it).
+# The browser page's ONNX Runtime Web, pinned in web/package-lock.json (tests/commands/test_web.py skips without it).
 web/node_modules: web/package-lock.json
 	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the browser page and its tests need it (skipped)"; fi

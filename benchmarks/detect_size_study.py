@@ -6,7 +6,7 @@ For each of 5 rounds, the floor, then the real VideoPipeline (shipped int8 model
 each detection size and detection setting, on Test_files/Video_Test_1.mp4 (480x360) and a 1280x720 copy:
 interleaving the configurations keeps a change in the machine's load from favouring one of them. Prints
 the median ms per frame and its ratio to the median floor; which faces each size finds is checked by
-tests/test_detection.py. Figures in benchmarks/README.md.
+tests/infer/test_detection.py. Figures in benchmarks/README.md.
 """
 
 import statistics

@@ -1,5 +1,5 @@
 """Hard detection cases made from the test portrait, with the true face centres: shared by the tests
-(tests/test_detection.py) and the threshold study (benchmarks/framing_study.py).
+(tests/infer/test_detection.py) and the threshold study (benchmarks/framing_study.py).
 
     for name, image, centres in detection_cases(cv2.imread("Test_files/IMG_test_1.jpg")): ...
 

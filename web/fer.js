@@ -8,7 +8,7 @@
 const ORT_DIST = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url);
 const MODELS = new URL("../models/", import.meta.url);
 // Every setting shared with Python comes from settings.json, which Python writes from its own constants
-// (fer_common/commands/web.py page_settings; `fer web --write_settings`); tests/test_web.py checks they agree.
+// (fer_common/commands/web.py page_settings; `fer web --write_settings`); tests/commands/test_web.py checks they agree.
 const SETTINGS = await (await fetch(new URL("./settings.json", import.meta.url))).json();
 const { classifier: CLASSIFIER_FILE, detector: YUNET_FILE } = SETTINGS.files;
 // fer_common/infer/detection.py: thresholds, framing, the smallest face YuNet sees, OpenCV's FaceDetectorYN settings.

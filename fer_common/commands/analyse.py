@@ -145,8 +145,8 @@ def check_paths(args, images) -> list | None:
     for path in annotated or ():
         check_writable(path, "annotated image", args.overwrite)
     if annotated:
-        # An annotated image must not replace an input: one set look-up per image (comparing every pair would
-        # take hours on a big folder).
+        # An annotated image must not replace an input: one set look-up per image, not a comparison of every
+        # output with every input (quadratic in the folder's size).
         inputs = {str(Path(p).resolve()): p for p in images}
         for out in annotated:
             if str(out.resolve()) in inputs:

@@ -9,7 +9,7 @@ The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run d
 
 The page takes every setting it shares with Python (detector thresholds and framing, image and video defaults,
 tracker, colours, model files) from web/settings.json, which page_settings() writes from the Python constants:
-`fer web --write_settings` after changing one; tests/test_web.py checks that the two agree.
+`fer web --write_settings` after changing one; tests/commands/test_web.py checks that the two agree.
 """
 
 import http.server

@@ -31,8 +31,8 @@ from fer_common.files import IMAGE_EXTENSIONS, is_image_name
 from fer_common.preprocess import read_image, small_input
 from fer_common.results import UNREADABLE, Result, make_result
 
-# Faces per forward pass. The int8 48x48 model runs 0.39 ms/face from batch 8 to 256 on one core; 64 keeps
-# the chunks small enough to show progress and bound memory (benchmarks/README.md, Bulk inference).
+# Faces per forward pass: the int8 48x48 model's time per face is flat from batch 8 up (benchmarks/README.md,
+# Bulk inference); 64 keeps the chunks small enough to show progress and bound memory.
 DEFAULT_BATCH_SIZE = 64
 # Chunks in flight per worker: enough that a worker never waits for the consumer, few enough to bound memory.
 _PREFETCH_PER_WORKER = 2

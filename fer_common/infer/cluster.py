@@ -10,7 +10,7 @@ Each worker is a Ray actor holding one BatchClassifier: it loads the model(s) an
 plain settings (model file paths, TTA, detector keyword arguments), then runs `classify_batch` on batches of
 image paths, exactly as the local engine's threads do. Workers send back (index, pickled Result) rows; the
 driver puts them back in input order as they come (a small reorder buffer) and yields them, so the same
-writers (.jsonl, .csv; ParquetWriter here) stream them and the local and Ray runs write the same rows.
+writers (fer_common.infer.writers: .jsonl, .csv, .parquet) stream them and the local and Ray runs write the same rows.
 
 Inputs are paths every worker can open: a folder on this machine (one-node cluster) or on storage every node
 mounts at the same path (NFS, a cloud bucket mounted with s3fs/gcsfuse). Paths are sent as absolute paths; the

@@ -22,7 +22,7 @@ from fer_common.video.source import quiet_stderr
 # What --save_output writes, the first that this installation can encode: (library, codec, name shown).
 # H.264 in .mp4 and VP9 in .webm play in browsers and Jupyter; they need PyAV (pip install av), whose wheels
 # carry FFmpeg with libx264 and libvpx. OpenCV's own wheel has no H.264 encoder (only mp4v, which VLC plays
-# but browsers do not) and encodes VP9 at about 80 ms a frame. Measurements: benchmarks/README.md.
+# but browsers do not) and encodes VP9 far slower than real time. Measurements: benchmarks/README.md.
 ENCODERS = {
     ".mp4": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2 (mp4v)")],
     ".m4v": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2 (mp4v)")],
@@ -33,7 +33,8 @@ ENCODERS = {
 }
 BROWSER_CODECS = {"H.264", "VP9", "AV1"}
 FOURCCS = {ext: next(c for lib, c, _ in encoders if lib == "opencv") for ext, encoders in ENCODERS.items()}
-# libx264's "superfast" preset: 1.8 ms a 480x360 frame and a third of mp4v's size ("veryfast": 2.8 ms, "medium": 7.6).
+# libx264's "superfast" preset: the fastest of the presets measured at about a third of mp4v's size
+# (benchmarks/README.md, encoders).
 PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
                 "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
                 "libsvtav1": {"preset": "10"}}
@@ -85,7 +86,7 @@ def choose_encoder(path) -> tuple[str, str, str, str | None]:
     note = None
     if library == "opencv" and candidates[0][0] == "pyav":
         why = "PyAV is not installed here" if not installed else f"this PyAV has no {candidates[0][1]}"
-        if name in BROWSER_CODECS:      # OpenCV's VP9: plays everywhere, but about 80 ms a frame
+        if name in BROWSER_CODECS:      # OpenCV's VP9: plays everywhere, but slow (benchmarks/README.md)
             note = f"note: writing {name} through OpenCV, which is slow ({why}): pip install av"
         else:
             note = (f"note: writing {name}: " + ("VLC plays it, " if codec == "mp4v" else "")

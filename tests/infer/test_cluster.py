@@ -21,7 +21,8 @@ from fer_common.infer.predictor import Predictor  # noqa: E402
 from fer_common.results import probability_matrix, to_table  # noqa: E402
 from synthetic import REPO, make_crops, run_script  # noqa: E402
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))          # this file, which workers import (CrashOnce)
+TESTS = os.path.dirname(HERE)                               # tests/: synthetic, helpers_models
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def ray_cluster():
     """A local Ray cluster of 2 CPUs for this module; workers can import this file (for CrashOnce)."""
     if ray.is_initialized():
         pytest.skip("a Ray session is already running in this process")
-    path = os.pathsep.join([str(REPO), TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = os.pathsep.join([str(REPO), TESTS, HERE, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray.get_runtime_context().gcs_address

@@ -4,7 +4,7 @@ Needs Chromium and its driver (Debian: apt-get install chromium chromium-driver)
 and ONNX Runtime Web (`npm ci` in web/); each missing piece skips the browser tests with the reason. The page's
 screenshot is kept in build/test-artefacts/web/. Frame rates for benchmarks/README.md (about 30 s):
 
-    FER_WEB_BENCH=1 python -m pytest tests/test_web.py -k fps -s
+    FER_WEB_BENCH=1 python -m pytest tests/commands/test_web.py -k fps -s
 """
 
 import base64
@@ -32,7 +32,7 @@ from fer_common.infer.detection import FaceDetector
 from fer_common.errors import FERError
 from fer_common.boxes import iou
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "Test_files" / "IMG_test_1.jpg"
 VIDEO = ROOT / "Test_files" / "Video_Test_1.mp4"
 ARTEFACTS = ROOT / "build" / "test-artefacts" / "web"

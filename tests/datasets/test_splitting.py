@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 import validation_split  # noqa: E402
 from fer_common.cli import FERError, run_main  # noqa: E402

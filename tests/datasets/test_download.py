@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 import download_dataset  # noqa: E402
 from fer_common.datasets import download, fer2013  # noqa: E402

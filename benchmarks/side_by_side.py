@@ -1,0 +1,86 @@
+"""Today's tree against an earlier commit, in one run: the scripts as a user types them, runs alternated.
+
+An earlier commit is checked out in a temporary git worktree; each round runs every case once in each tree,
+alternating which goes first, so a machine that speeds up or slows down during the run touches both alike.
+The figure is each script's own summary line (video: average FPS; folders: images/s, start-up and model
+loading left out), and the ratio now / then per round; the median ratio is the result.
+
+    python -m benchmarks.side_by_side --ref 5a06660 --rounds 5        # the commit before the re-layering
+"""
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .bench_bulk import make_crops, make_photos
+from .bench_video import DEFAULT_VIDEO, make_long_clip
+from .common import REPO, busy_processes
+
+PATTERNS = {"fps": re.compile(r"average ([\d.]+) FPS"), "images/s": re.compile(r"([\d.]+) images/s")}
+
+
+def cases(work: Path, frames: int, crops: int, photos: int) -> dict:
+    """name -> (script, arguments, unit): the default video run writing .avi, and bulk crops and photos."""
+    clip = make_long_clip(DEFAULT_VIDEO, work / "clip.mp4", frames)
+    crop_dir, photo_dir = make_crops(work / "crops", crops), make_photos(work / "photos", photos)
+    return {
+        "video, default flags, --save_output .avi": (
+            "real_time_video.py", ["--video", clip, "--no_display", "--save_output", "{out}.avi"], "fps"),
+        f"{crops} crops, --no_detect --output .jsonl": (
+            "inference.py", [crop_dir, "--no_detect", "--output", "{out}.jsonl"], "images/s"),
+        f"{photos} photos with detection, --output .jsonl": (
+            "inference.py", [photo_dir, "--output", "{out}.jsonl"], "images/s"),
+    }
+
+
+def run_case(tree: Path, script: str, args: list, unit: str, out: Path) -> float:
+    argv = [sys.executable, str(tree / script), *(str(a).replace("{out}", str(out)) for a in args), "--overwrite"]
+    r = subprocess.run(argv, cwd=out.parent, capture_output=True, text=True, timeout=1800)
+    text = r.stdout + r.stderr
+    match = PATTERNS[unit].search(text)
+    if r.returncode != 0 or not match:
+        raise SystemExit(f"{tree.name}: {script} failed ({r.returncode}): {text.strip()[-400:]}")
+    return float(match.group(1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref", required=True, help="the earlier commit (or branch) to compare with")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds (default: 5)")
+    parser.add_argument("--frames", type=int, default=600, help="video frames (the test clip looped; default: 600)")
+    parser.add_argument("--crops", type=int, default=3000, help="48x48 crops for the bulk case (default: 3000)")
+    parser.add_argument("--photos", type=int, default=200, help="640x480 photos for detection (default: 200)")
+    args = parser.parse_args(argv)
+    busy = busy_processes()
+    with tempfile.TemporaryDirectory(prefix="fer-side-") as tmp:
+        work = Path(tmp)
+        then = work / "then"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(then), args.ref], check=True,
+                       capture_output=True)
+        try:
+            todo = cases(work, args.frames, args.crops, args.photos)
+            figures = {name: {"now": [], "then": []} for name in todo}
+            for k in range(args.rounds):
+                for name, (script, case_args, unit) in todo.items():
+                    order = [("now", REPO), ("then", then)][:: 1 if k % 2 == 0 else -1]
+                    for label, tree in order:
+                        figures[name][label].append(run_case(tree, script, case_args, unit, work / f"out_{label}"))
+                print(f"round {k + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(then)], capture_output=True)
+    print(f"now ({subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}) "
+          f"against {args.ref}, {args.rounds} alternated rounds" + (f"; UNDER LOAD (pids {', '.join(busy)})" if busy else ""))
+    print(f"{'case':<48} {'now':>9} {'then':>9} {'now/then (median of rounds)':>28}")
+    for name, (_, _, unit) in todo.items():
+        now, then_ = figures[name]["now"], figures[name]["then"]
+        ratios = [a / b for a, b in zip(now, then_)]
+        print(f"{name:<48} {statistics.median(now):>9.1f} {statistics.median(then_):>9.1f} "
+              f"{statistics.median(ratios):>11.3f} ({min(ratios):.3f}-{max(ratios):.3f})  {unit}")
+
+
+if __name__ == "__main__":
+    main()
