@@ -4,7 +4,7 @@
     from fer.exceptions import InvalidImage   ->   from fer_common.compat.fer import InvalidImage
 
     detector = FER()
-    detector.detect_emotions("photo.jpg")    # [{'box': [x, y, w, h], 'emotions': {'angry': 0.01, ..., 'neutral': 0.02}}]
+    detector.detect_emotions("photo.jpg")    # [{'box': [x, y, w, h], 'emotions': {'angry': 0.01, ...}}]
     detector.top_emotion("photo.jpg")        # ('happy', 0.9), or (None, None) without a face
 
 As fer 25.10: the constructor's keywords, checked as fer checks them; detect_emotions of a path, a BGR or gray
@@ -78,8 +78,8 @@ class FER:
     def to_fer(self, face: Face, box=None) -> dict:
         """One toolkit Face as fer gives a face: its box and its scores under fer's names, rounded as fer does."""
         box = face.box if box is None else box
-        return {"box": [int(v) for v in box],
-                "emotions": {peer: round(float(face.probabilities[name]), DECIMALS) for name, peer in self.names.items()}}
+        scores = {peer: round(float(face.probabilities[name]), DECIMALS) for name, peer in self.names.items()}
+        return {"box": [int(v) for v in box], "emotions": scores}
 
     def results(self, images, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Result]:
         """The toolkit's Result of each image (as detect_emotions takes them), faces classified in batches: what
