@@ -7,6 +7,7 @@ keeps those names too, lower-cased, after the seven.
 
 import base64
 import binascii
+import contextlib
 import threading
 import warnings
 from pathlib import Path
@@ -50,6 +51,18 @@ def changed(settings: dict, defaults: dict) -> list[str]:
         return list(a) == list(b) if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) else a == b
 
     return [f"{k}={v!r}" for k, v in settings.items() if not same(v, defaults[k])]
+
+
+@contextlib.contextmanager
+def errors_as(error):
+    """A FERError raised in the block (a missing or unreadable image, a wrong array) is raised again as the
+    peer's `error` type, with the same one line."""
+    try:
+        yield
+    except error:
+        raise
+    except FERError as e:
+        raise error(str(e)) from None
 
 
 def peer_image(img, error=FERError):

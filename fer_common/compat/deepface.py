@@ -6,7 +6,7 @@
                                     #   'region': {'x': .., 'y': .., 'w': .., 'h': .., 'left_eye': None,
                                     #              'right_eye': None}, 'face_confidence': 0.94}]
 
-As deepface 0.0.10x: analyze's keywords; a path, a BGR numpy array, a base64 data URI or a binary file object,
+As deepface 0.0.103: analyze's keywords; a path, a BGR numpy array, a base64 data URI or a binary file object,
 or a list of them (a list of answers back); one dict per face with the emotion percentages (summing to 100,
 deepface's names and order), the dominant emotion, the region and the detector's confidence (two decimals);
 no face with enforce_detection: a ValueError in deepface's words; without it, the whole image is the face
@@ -14,9 +14,9 @@ no face with enforce_detection: a ValueError in deepface's words; without it, th
 
 Differs: only 'emotion' is answered ('age', 'gender' and 'race' need deepface's own models: refused in one
 line); the answers are this toolkit's detector (YuNet) and shipped model, the region the square crop the model
-saw; eye positions are not reported (None); align and expand_percentage and another detector_backend have
-nothing to act on here (noted once); anti_spoofing=True is refused, as no face could be checked; a URL is not
-fetched (the toolkit runs offline).
+saw; eye positions are not reported (None); faces are never aligned (align has nothing to do); another
+detector_backend and expand_percentage have nothing to act on here (noted once); anti_spoofing=True is refused,
+as no face could be checked; a URL is not fetched (the toolkit runs offline).
 """
 
 import threading
@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from fer_common.api import FER
-from fer_common.compat.common import changed, note_once, peer_image, peer_names
+from fer_common.compat.common import errors_as, note_once, peer_image, peer_names
 from fer_common.errors import FERError
 
 __all__ = ["DeepFace", "FaceNotDetected", "ImgNotFound"]
@@ -58,12 +58,11 @@ def _model() -> FER:
         return _models["fer"]
 
 
-def _actions(actions) -> list[str]:
+def _check_actions(actions) -> None:
     if isinstance(actions, str):
         actions = (actions,)
     if not hasattr(actions, "__getitem__") or not actions:
         raise ValueError("`actions` must be a list of strings.")
-    actions = list(actions)
     for action in actions:
         if action not in ACTIONS:
             raise ValueError(f"Invalid action passed ({action!r}). Valid actions are `emotion`, `age`, `gender`, "
@@ -72,7 +71,6 @@ def _actions(actions) -> list[str]:
     if others:
         raise ValueError(f"actions {others} are not available here: this toolkit answers 'emotion' only (age, "
                          f"gender and race need deepface's own models)")
-    return actions
 
 
 def _input_name(img) -> str:
@@ -85,14 +83,15 @@ def _input_name(img) -> str:
     return str(img)
 
 
-def _face(face, names: dict, confidence) -> dict:
-    """One toolkit Face as deepface gives an analysed face (emotion action)."""
+def _face(face, names: dict) -> dict:
+    """One toolkit Face as deepface gives an analysed face (emotion action); no detector score (the whole
+    image as the face): confidence 0, as deepface's."""
     total = sum(face.probabilities.values()) or 1.0
     emotion = {peer: 100.0 * float(face.probabilities[name]) / total for name, peer in names.items()}
     x, y, w, h = (int(v) for v in face.box)
     return {"emotion": emotion, "dominant_emotion": max(emotion, key=emotion.get),
             "region": {"x": x, "y": y, "w": w, "h": h, "left_eye": None, "right_eye": None},
-            "face_confidence": round(float(confidence or 0), 2)}
+            "face_confidence": round(float(face.score or 0), 2)}
 
 
 class DeepFace:
@@ -107,7 +106,7 @@ class DeepFace:
         if isinstance(img_path, list) or (isinstance(img_path, np.ndarray) and img_path.ndim == 4):
             return [DeepFace.analyze(one, actions, enforce_detection, detector_backend, align, expand_percentage,
                                      silent, anti_spoofing) for one in img_path]
-        _actions(actions)
+        _check_actions(actions)
         if anti_spoofing:
             raise ValueError("anti_spoofing is not available here: this toolkit cannot tell a real face from a "
                              "spoof, so none is passed as real")
@@ -116,20 +115,19 @@ class DeepFace:
         # align: the toolkit never aligns (align=False is what happens); 'opencv' is the default, 'yunet' and
         # 'skip' are what happens: only the other detectors and an expansion are settings without effect.
         ignored = [] if detector_backend in ("opencv", "yunet", "skip") else [f"detector_backend={detector_backend!r}"]
-        ignored += changed({"expand_percentage": expand_percentage}, {"expand_percentage": 0})
+        if expand_percentage:
+            ignored.append(f"expand_percentage={expand_percentage!r}")
         if ignored and not silent:
             note_once("deepface", f"fer_common.compat.deepface: {', '.join(ignored)}: no effect, this toolkit's "
                                   f"face detector (yunet) finds the faces, framed as its model expects them")
         fer = _model()
         image = peer_image(img_path, ImgNotFound)
-        try:
+        with errors_as(ImgNotFound):
             faces = fer.analyse(image, detect=detector_backend != "skip")
             if not faces and not enforce_detection:
                 faces = fer.analyse(image, detect=False)         # the whole image is the face (score None: 0)
-        except FERError as e:
-            raise ImgNotFound(str(e)) from None
         if not faces:
             raise FaceNotDetected(f"Face could not be detected in {_input_name(img_path)}. Please confirm that the "
                                   f"picture is a face photo or consider to set enforce_detection param to False.")
         names = peer_names(fer.class_names)
-        return [_face(face, names, face.score) for face in faces]
+        return [_face(face, names) for face in faces]

@@ -18,7 +18,7 @@ A URL is not fetched (the toolkit runs offline).
 
 from fer_common.api import FER as ToolkitFER
 from fer_common.api import as_bgr
-from fer_common.compat.common import changed, note_once, peer_image, peer_names
+from fer_common.compat.common import changed, errors_as, note_once, peer_image, peer_names
 from fer_common.compat.fer_video import Video
 from fer_common.errors import FERError
 from fer_common.infer.bulk import DEFAULT_BATCH_SIZE
@@ -85,12 +85,8 @@ class FER:
         """The toolkit's Result of each image (as detect_emotions takes them), faces classified in batches: what
         detect_emotions formats. InvalidImage names an input that is no readable image."""
         images = [peer_image(img, InvalidImage) for img in images]
-        try:
+        with errors_as(InvalidImage):
             return self.fer.analyse_images(images, batch_size=batch_size)
-        except InvalidImage:
-            raise
-        except FERError as e:
-            raise InvalidImage(str(e)) from None
 
     def detect_emotions(self, img, face_rectangles=None) -> list[dict]:
         """Every face of an image (a path, a BGR or gray numpy array, or a base64 data URI), left to right, as
@@ -106,12 +102,8 @@ class FER:
         return emotions
 
     def _classify_rectangles(self, img, face_rectangles) -> list[dict]:
-        try:
+        with errors_as(InvalidImage):
             image, _ = as_bgr(peer_image(img, InvalidImage))
-        except InvalidImage:
-            raise
-        except FERError as e:
-            raise InvalidImage(str(e)) from None
         height, width = image.shape[:2]
         crops, boxes = [], []
         for box in face_rectangles:
