@@ -11,6 +11,7 @@ package map). Base modules at the top import only each other and never PyTorch; 
     train/      the training loop, its flags, loaders, augmentation, recipes, early stopping, torchrun
     video/      options, source, pipeline, sinks, window, run loop, tracking, per-face summaries
     commands/   every command line (`fer NAME` and the top-level scripts) and the browser page's server
+    compat/     the `fer` and deepface packages' APIs on this toolkit: their code runs with one changed import
 """
 
 from fer_common.version import __version__  # noqa: F401

@@ -30,7 +30,8 @@ from typing import Iterator
 
 import numpy as np
 
-from fer_common.infer.bulk import analyse_images, decode_channels
+from fer_common.infer import bulk
+from fer_common.infer.bulk import DEFAULT_BATCH_SIZE, decode_channels
 from fer_common.infer.detection import FaceDetector
 from fer_common.errors import FERError
 from fer_common.infer.predictor import load_models, resolve_model_file
@@ -106,9 +107,16 @@ class FER:
         detect=False (or no detector) classifies the whole image as one face crop. The same steps as a folder
         (fer_common.infer.bulk.analyse_images), so a file gives the same numbers here as in inference.py.
         """
+        return self.analyse_images([image], detect)[0]
+
+    def analyse_images(self, images, detect: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Result]:
+        """A Result for each image of a list (each as analyse_image takes it), in order: the faces of all of
+        them classified together, `batch_size` faces per forward pass."""
         detector = self.detector if detect else None
-        array, name = as_bgr(image, decode_channels(self.predictor, detector is not None))
-        return analyse_images(self.predictor, [(array, name)], detector, detect_lock=self._detect_lock)[0]
+        channels = decode_channels(self.predictor, detector is not None)
+        decoded = [as_bgr(image, channels) for image in images]
+        return bulk.analyse_images(self.predictor, decoded, detector, batch_size=batch_size,
+                                   detect_lock=self._detect_lock)
 
     def analyse(self, image, detect: bool = True) -> list[Face]:
         """The faces of one image, left to right (an empty list when there is none)."""
@@ -116,6 +124,7 @@ class FER:
 
     analyze = analyse
     analyze_image = analyse_image
+    analyze_images = analyse_images
 
     def analyse_video(self, source, detect_every: int = 3, smooth: float = 0.5,
                       max_frames: int | None = None) -> Iterator[Result]:

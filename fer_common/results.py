@@ -144,12 +144,18 @@ def to_table(results, class_names=None) -> list[dict]:
     return [dict(zip(columns, row)) for r in results for row in table_rows(r, names)]
 
 
-def to_dataframe(results, class_names=None):
-    """Results as a pandas DataFrame, one row per face, the columns of table_columns (needs pandas:
-    pip install 'fer-toolkit[table]')."""
+def require_pandas():
+    """pandas, or one FERError line naming the extra that installs it (every table the toolkit makes needs it)."""
     try:
         import pandas as pd
     except ImportError:
         raise FERError("a results table needs pandas: pip install 'fer-toolkit[table]' (or pandas)") from None
+    return pd
+
+
+def to_dataframe(results, class_names=None):
+    """Results as a pandas DataFrame, one row per face, the columns of table_columns (needs pandas:
+    pip install 'fer-toolkit[table]')."""
+    pd = require_pandas()
     rows = to_table(results, class_names)
     return pd.DataFrame(rows, columns=list(rows[0]) if rows else table_columns(class_names or []))
