@@ -31,10 +31,10 @@ from fer_common.infer.detection import add_detector_args, detector_from_args, de
 from fer_common.errors import FERError
 from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
 from fer_common.infer.overlay import Overlay, annotate
-from fer_common.infer.predictor import add_predictor_args, predictor_from_args
+from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.preprocess import read_image
 from fer_common.results import probability_matrix
-from fer_common.infer.writers import check_any_output, meta_path, open_writer, provenance
+from fer_common.infer.writers import check_results_file, meta_path, open_writer, provenance
 
 
 def get_args_parser():
@@ -134,14 +134,15 @@ def check_paths(args, images) -> list | None:
     if args.resume and not args.output:
         raise FERError("--resume needs --output (the .jsonl or .csv file to continue)")
     if args.output:
-        check_any_output(args.output, args.resume, args.overwrite)
+        check_results_file(args.output, args.resume, args.overwrite)
     annotated = annotated_paths(images, args.save_annotated) if args.save_annotated else None
     folders = {f"input folder {p}": p for p in args.images if Path(p).is_dir()}
     check_outside({"--save_annotated": args.save_annotated}, folders)
     if args.output:
         check_outputs_distinct({"--output": args.output, "its provenance file": meta_path(args.output),
                                 "--save_annotated": args.save_annotated},
-                               inputs={f"input {p}": p for p in args.images if Path(p).is_file()})
+                               inputs={**{f"input {p}": p for p in args.images if Path(p).is_file()},
+                                       **model_inputs(args)})
     for path in annotated or ():
         check_writable(path, "annotated image", args.overwrite)
     if annotated:

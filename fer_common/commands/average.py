@@ -9,7 +9,7 @@ X_metrics.json with each ingredient's weight and training history.
 """
 
 from fer_common import cli
-from fer_common.files import check_output_files, write_json
+from fer_common.files import check_outputs, write_json
 from fer_common.train.args import metrics_path
 
 
@@ -27,7 +27,7 @@ def get_args_parser():
 def main(args):
     inputs = {f"checkpoint {i + 1}": path for i, path in enumerate(args.checkpoints)}
     history_path = metrics_path(args.output)
-    check_output_files({"--output": args.output, "--output's history": history_path}, args.overwrite, inputs=inputs)
+    check_outputs({"--output": args.output, "--output's history": history_path}, args.overwrite, inputs=inputs)
     from fer_common.model.averaging import average_checkpoints
     from fer_common.model.checkpoint import save_checkpoint
 

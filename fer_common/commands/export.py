@@ -6,7 +6,7 @@ of a run; this re-exports any checkpoint).
 
 from fer_common import cli
 from fer_common.errors import FERError
-from fer_common.files import check_output_files
+from fer_common.files import check_outputs
 
 
 def get_args_parser():
@@ -18,7 +18,7 @@ def get_args_parser():
 
 
 def main(args):
-    check_output_files({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
+    check_outputs({"output": args.output}, args.overwrite, inputs={"checkpoint": args.checkpoint})
     from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
     from fer_common.model.onnx_export import export_onnx
 

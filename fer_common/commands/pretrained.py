@@ -9,7 +9,7 @@ layers are untrained until the model is fine-tuned. With --checkpoint, a trained
 
 
 from fer_common.cli import existing_file, make_parser, output_file, path_arg
-from fer_common.files import check_output_files
+from fer_common.files import check_outputs
 from fer_common.labels import EMOTIONS
 from fer_common.model.config import add_model_args, model_config_from_args
 
@@ -29,7 +29,7 @@ def main(args):
     outputs = {"--output_onnx": args.output_onnx}
     if not args.checkpoint:
         outputs["--output_checkpoint"] = args.output_checkpoint
-    check_output_files(outputs, args.overwrite, inputs={"--checkpoint": args.checkpoint})
+    check_outputs(outputs, args.overwrite, inputs={"--checkpoint": args.checkpoint})
     from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
     from fer_common.model.networks import count_parameters, create_model, default_preprocessing
     from fer_common.model.onnx_export import export_onnx

@@ -4,7 +4,7 @@
 """
 
 from fer_common import cli
-from fer_common.files import check_output_files
+from fer_common.files import check_outputs
 from fer_common.datasets.folders import sample_crops
 from fer_common.model.quantize import MAX_CALIBRATION_IMAGES, quantize_onnx
 
@@ -22,7 +22,7 @@ def get_args_parser():
 
 
 def main(args):
-    check_output_files({"dst": args.dst}, args.overwrite, inputs={"src": args.src})
+    check_outputs({"dst": args.dst}, args.overwrite, inputs={"src": args.src})
     crops = sample_crops(args.calibration, args.images) if args.calibration else None
     info = quantize_onnx(args.src, args.dst, crops, method=args.method)
     print(f"int8 model ({info['method']}) -> {args.dst}")

@@ -17,8 +17,8 @@ import json
 
 from fer_common.cli import FERError, existing_file, make_parser, output_file, video_output
 from fer_common.infer.detection import add_detector_args, detector_from_args
-from fer_common.files import check_output_files, write_json
-from fer_common.infer.predictor import add_predictor_args, predictor_from_args
+from fer_common.files import check_outputs, write_json
+from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.video.summary import FaceSummary, plot_summary, require_matplotlib, summarise_csv
 from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, add_video_args, check_video_options
 from fer_common.video.pipeline import VideoPipeline
@@ -69,9 +69,9 @@ def report(summary: FaceSummary, args, source) -> None:
 
 def main(args):
     # before minutes of model loading, not after; and never the same file twice, nor an input
-    check_output_files({"output video": args.save_output, "CSV log": args.log_csv, "summary JSON": args.summary,
+    check_outputs({"output video": args.save_output, "CSV log": args.log_csv, "summary JSON": args.summary,
                         "plot": args.plot}, args.overwrite,
-                       inputs={"--video": args.video, "--summary_from": args.summary_from})
+                       inputs={"--video": args.video, "--summary_from": args.summary_from, **model_inputs(args)})
     if args.plot:
         require_matplotlib()
     if args.summary_from:

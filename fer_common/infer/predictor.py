@@ -23,7 +23,7 @@ from fer_common.metrics import softmax
 from fer_common.model_info import MODEL_TYPES, check_graph, read_onnx_metadata, temperature_of
 from fer_common.preprocess import prepare_batch, small_input
 from fer_common.runtime import PROVIDERS, make_session
-from fer_common.shipped import MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR, SHORT_NAMES
+from fer_common.shipped import DETECTOR_FILE, MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR, SHORT_NAMES
 
 # What the training scripts write in the current folder, per model type (".pth" or ".onnx" appended).
 MODEL_STEMS = {"default": MODEL_STEM, "advanced": f"{MODEL_STEM}_advanced"}
@@ -284,6 +284,22 @@ def add_predictor_args(parser, tta: bool = False):
     g.add_argument("--no_tta", dest="tta", action="store_false", help="classify each face once (no mirror image)")
     add_device_args(parser)
     return g
+
+
+def model_inputs(args) -> dict:
+    """Every model file a command will read, {description: path}, for files.check_outputs (no output may
+    replace one): its checkpoints, found by resolve_model_file's rule, and the face detector's model."""
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, (list, tuple)) else [args.checkpoint]
+    found = {}
+    for checkpoint in checkpoints:
+        try:
+            path, _ = resolve_model_file(args.model_type, checkpoint, args.use_onnx)
+        except FERError:
+            continue                                    # said in one line when the model is loaded
+        found[f"the model {path}"] = path
+    if getattr(args, "detector", None) == "yunet":
+        found["--detector_model"] = getattr(args, "detector_model", None) or SHIPPED_MODELS_DIR / DETECTOR_FILE
+    return found
 
 
 def predictor_from_args(args, log=print):

@@ -60,7 +60,7 @@ def _refuse_links(path: Path) -> None:
                        "(give the file itself, or another --output)")
 
 
-def check_output(path, resume: bool = False, overwrite: bool = False) -> bool:
+def _check_stream(path, resume: bool = False, overwrite: bool = False) -> bool:
     """Fail early, in one line, if a results file cannot be written or would replace one without --overwrite.
     Returns True if there are results to resume from."""
     path = Path(path)
@@ -119,9 +119,10 @@ def open_writer(path, class_names, meta: dict, embedding: bool = False, resume: 
     return kind(path, class_names, meta, embedding, resume, overwrite)
 
 
-def check_any_output(path, resume: bool = False, overwrite: bool = False) -> bool:
-    """check_output, or check_parquet_output for a .parquet file."""
-    return (check_parquet_output if is_parquet(path) else check_output)(path, resume, overwrite)
+def check_results_file(path, resume: bool = False, overwrite: bool = False) -> bool:
+    """May a results file (--output .jsonl, .csv or .parquet) be written, continued or replaced? One line if
+    not; True when there are results to resume from."""
+    return (_check_parquet if is_parquet(path) else _check_stream)(path, resume, overwrite)
 
 
 class ResultWriter:
@@ -136,7 +137,7 @@ class ResultWriter:
         self.class_names, self.embedding, self.flush_seconds = list(class_names), embedding, flush_seconds
         self.meta = dict(meta, embedding=bool(embedding))
         self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0
-        resuming = check_output(self.path, resume, overwrite)
+        resuming = _check_stream(self.path, resume, overwrite)
         self._fd = _open_locked(self.path)
         try:
             if resuming:
@@ -313,8 +314,8 @@ def is_parquet(path) -> bool:
     return path is not None and str(path).lower().endswith(".parquet")
 
 
-def check_parquet_output(path, resume: bool = False, overwrite: bool = False) -> bool:
-    """check_output's rules for a .parquet file, which cannot be resumed (its footer comes last)."""
+def _check_parquet(path, resume: bool = False, overwrite: bool = False) -> bool:
+    """_check_stream's rules for a .parquet file, which cannot be resumed (its footer comes last)."""
     path = Path(path)
     if resume:
         raise FERError(f"--resume: a .parquet output ({path}) is written whole at the end and cannot be "
@@ -341,7 +342,7 @@ class ParquetWriter:
     def __init__(self, path, class_names, meta: dict, embedding: bool = False, resume: bool = False,
                  overwrite: bool = False, row_group: int = 65_536):
         pa, pq = import_pyarrow()
-        check_parquet_output(path, resume, overwrite)
+        _check_parquet(path, resume, overwrite)
         self.path, self.class_names, self.embedding = Path(path), list(class_names), embedding
         self.meta = dict(meta, embedding=bool(embedding))
         self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0

@@ -6,7 +6,7 @@ from pathlib import Path
 from fer_common import cli
 from fer_common.device import default_num_workers
 from fer_common.errors import FERError
-from fer_common.files import check_output_files, same_file
+from fer_common.files import check_outputs, same_file
 
 # The warp and jitter ranges of each policy, and the share of images each degradation is applied to.
 POLICIES = {
@@ -129,7 +129,7 @@ def metrics_path(output_model) -> Path:
     return p.with_name(p.stem + "_metrics.json")
 
 
-def check_outputs(args) -> None:
+def check_training_outputs(args) -> None:
     """Every file the run writes, checked before the first epoch: distinct, writable, and no existing file
     replaced without --overwrite. Resuming from the run's own X.last.pth continues its files (X.pth,
     X.last.pth, X_metrics.json and --output_onnx); resuming from any other file protects them as usual."""
@@ -141,7 +141,7 @@ def check_outputs(args) -> None:
         raise FERError(f"--resume {args.resume} is also --output_model: training would replace this model with "
                        f"the run's first epoch; choose another --output_model, resume from {last}, or pass --overwrite")
     try:
-        check_output_files(outputs, args.overwrite, replaceable=own)
+        check_outputs(outputs, args.overwrite, replaceable=own)
     except FERError as e:
         if "already exists" not in str(e):
             raise

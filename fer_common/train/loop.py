@@ -30,7 +30,7 @@ from fer_common.model.onnx_export import export_onnx
 from fer_common.train.augmentation import augment_views
 from fer_common.preprocess import cache_size, normalize
 from fer_common.train.recipes import ModelEma, Teachers, distillation_loss, mix_batch
-from fer_common.train.args import check_distillation_args, check_outputs, last_checkpoint_path, metrics_path
+from fer_common.train.args import check_distillation_args, check_training_outputs, last_checkpoint_path, metrics_path
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -406,7 +406,7 @@ def train(args, model_type: str, model_config: dict) -> dict:
         if args.resume and args.init_from:
             raise FERError("--resume continues a run, --init_from starts a new one from a trained model: give one of them")
         check_distillation_args(args)
-        check_outputs(args)
+        check_training_outputs(args)
         run = prepare_run(args, model_type, model_config, rank, world_size, device, log)
         best = run_epochs(run, args, log)
         if best is None:

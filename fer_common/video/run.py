@@ -28,7 +28,7 @@ def output_sinks(reader: VideoReader, class_names, save_output=None, log_csv=Non
     display=None opens a window only when a display exists. A file shown in a window plays at `speed` times
     its own frame rate (0: as fast as possible) and its last frame stays up (Window.wait_at_end) unless
     close_at_end; a webcam is shown as it comes. Paths are not checked here: the script checks all its
-    outputs once, before loading the model (files.check_output_files)."""
+    outputs once, before loading the model (files.check_outputs)."""
     speed = check_speed(speed)
     window = None
     if (display is None and display_available()) or display:

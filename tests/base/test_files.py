@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fer_common.cli import FERError
-from fer_common.files import (atomic_path, check_output_files, check_outputs_distinct, check_writable, make_temp_dir,
+from fer_common.files import (atomic_path, check_outputs, check_outputs_distinct, check_writable, make_temp_dir,
                               replace_dir, write_image, write_json)
 
 
@@ -53,9 +53,9 @@ def test_outputs_must_differ_and_not_be_inputs(tmp_path):
     with pytest.raises(FERError):
         check_outputs_distinct({"--out": tmp_path / "v.mp4"}, {"--video": tmp_path / "v.mp4"})
     (tmp_path / "own.pth").write_text("")
-    check_output_files({"--model": tmp_path / "own.pth"}, replaceable=[tmp_path / "own.pth"])   # a run's own file
+    check_outputs({"--model": tmp_path / "own.pth"}, replaceable=[tmp_path / "own.pth"])   # a run's own file
     with pytest.raises(FERError, match="already exists"):
-        check_output_files({"--model": tmp_path / "own.pth"})
+        check_outputs({"--model": tmp_path / "own.pth"})
 
 
 def test_replace_dir_swaps_a_whole_folder(tmp_path):

@@ -23,7 +23,7 @@ from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, model_
 from fer_common.cli import FERError, run_main
 from fer_common.infer.predictor import Predictor
 from fer_common.train.loaders import MemoryLoader
-from fer_common.files import check_output_files, check_outputs_distinct, writable_image_extension
+from fer_common.files import check_outputs, check_outputs_distinct, writable_image_extension
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import FERNet, create_backbone, default_preprocessing, load_backbone_weights
 from fer_common.preprocess import read_image
@@ -128,39 +128,39 @@ def test_training_checks_every_file_it_writes_before_the_first_epoch(tmp_path):
     for name in ("m.last.pth", "m_metrics.json"):
         (tmp_path / name).write_text("keep")
         with pytest.raises(FERError, match=f"{name} already exists"):
-            training.check_outputs(train_args(tmp_path))
+            training.check_training_outputs(train_args(tmp_path))
         (tmp_path / name).unlink()
-    training.check_outputs(train_args(tmp_path))
+    training.check_training_outputs(train_args(tmp_path))
     with pytest.raises(FERError, match="same file"):
-        training.check_outputs(train_args(tmp_path, output_onnx=str(tmp_path / "m_metrics.json")))
+        training.check_training_outputs(train_args(tmp_path, output_onnx=str(tmp_path / "m_metrics.json")))
     # an output that cannot be written is found now, not after an hour of training
     (tmp_path / "file").write_text("x")
     with pytest.raises(FERError, match="cannot write"):
-        training.check_outputs(train_args(tmp_path, output_model=str(tmp_path / "file" / "m.pth")))
+        training.check_training_outputs(train_args(tmp_path, output_model=str(tmp_path / "file" / "m.pth")))
 
 
 def test_resume_continues_its_own_files_but_never_silently_replaces_a_best_model(tmp_path):
     for name in ("m.pth", "m.last.pth", "m_metrics.json", "m.onnx"):
         (tmp_path / name).write_text("old")
     # resuming the run's own last checkpoint: its files continue
-    training.check_outputs(train_args(tmp_path, resume=str(tmp_path / "m.last.pth")))
+    training.check_training_outputs(train_args(tmp_path, resume=str(tmp_path / "m.last.pth")))
     # resuming from the best model that is also the output would replace it with a worse one
     with pytest.raises(FERError, match="--resume .*m.pth is also --output_model"):
-        training.check_outputs(train_args(tmp_path, resume=str(tmp_path / "m.pth")))
-    training.check_outputs(train_args(tmp_path, resume=str(tmp_path / "m.pth"), overwrite=True))
+        training.check_training_outputs(train_args(tmp_path, resume=str(tmp_path / "m.pth")))
+    training.check_training_outputs(train_args(tmp_path, resume=str(tmp_path / "m.pth"), overwrite=True))
     # resuming from some other file: existing outputs are protected as usual
     other = tmp_path / "other.last.pth"
     other.write_text("x")
     with pytest.raises(FERError, match="already exists"):
-        training.check_outputs(train_args(tmp_path, resume=str(other)))
+        training.check_training_outputs(train_args(tmp_path, resume=str(other)))
     assert all((tmp_path / n).read_text() == "old" for n in ("m.pth", "m.last.pth", "m_metrics.json", "m.onnx"))
 
 
-def test_check_output_files_protects_existing_files(tmp_path):
+def test_check_outputs_protects_existing_files(tmp_path):
     (tmp_path / "a.onnx").write_text("x")
     with pytest.raises(FERError, match="already exists: pass --overwrite"):
-        check_output_files({"dst": tmp_path / "a.onnx"})
-    check_output_files({"dst": tmp_path / "a.onnx"}, overwrite=True)
+        check_outputs({"dst": tmp_path / "a.onnx"})
+    check_outputs({"dst": tmp_path / "a.onnx"}, overwrite=True)
 
 
 # ---------------------------------------------------------------- malformed model files

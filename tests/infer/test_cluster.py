@@ -108,9 +108,9 @@ def test_ray_rows_equal_the_local_engines_and_parquet_reads_back(ray_cluster, pr
     np.testing.assert_allclose(frame.embedding[0], local[0].faces[0].embedding, atol=1e-6)
     assert frame.embedding[11] is None and (tmp_path / "out.parquet.meta.json").is_file()
     with pytest.raises(FERError, match="already exists"):
-        writers.check_parquet_output(out)
+        writers.check_results_file(out)
     with pytest.raises(FERError, match="cannot be continued"):
-        writers.check_parquet_output(out, resume=True)
+        writers.check_results_file(out, resume=True)
 
 
 def test_a_killed_worker_is_retried_and_detected_faces_equal_the_local_engines(ray_cluster, predictor, tmp_path):
