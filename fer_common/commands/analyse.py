@@ -133,6 +133,8 @@ def check_paths(args, images) -> list | None:
     without --overwrite. Returns the annotated images' paths."""
     if args.resume and not args.output:
         raise FERError("--resume needs --output (the .jsonl or .csv file to continue)")
+    if args.address and args.engine != "ray":
+        raise FERError("--address names a Ray cluster: add --engine ray (or drop --address)")
     if args.output:
         check_results_file(args.output, args.resume, args.overwrite)
     annotated = annotated_paths(images, args.save_annotated) if args.save_annotated else None

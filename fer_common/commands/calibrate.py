@@ -13,12 +13,13 @@ from fer_common.errors import FERError
 from fer_common.files import atomic_path, check_outside, check_writable, strict_json
 from fer_common.infer.bulk import iter_results
 from fer_common.infer.predictor import Predictor
-from fer_common.model.calibration import fit_calibration
+from fer_common.model.calibration import MIN_IMAGES, fit_calibration
 from fer_common.model_info import set_metadata
 from fer_common.results import probability_matrix
 
 
-def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size: int = 512) -> dict:
+def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size: int = 512,
+                   min_images: int = MIN_IMAGES) -> dict:
     """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
     model_path, output = Path(model_path), Path(output)
     check_writable(output, "calibrated model", overwrite=overwrite)
@@ -39,7 +40,11 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
     # log-probabilities are the logits up to a shift per row, which softmax ignores
     logits = np.log(np.maximum(np.concatenate([probability_matrix(r, raw.class_names) for r in results]), 1e-12))
     labels = np.asarray([to_model[samples[r.index][1]] for r in results])
-    result = fit_calibration(logits, labels, str(data))
+    if len(labels) < min_images:
+        raise FERError(f"{data} has {len(labels)} readable images; a temperature fitted on fewer than {min_images} "
+                       f"follows their noise (it can make every prediction read 100%): give a larger --data, "
+                       f"the validation split, or lower --min_images deliberately")
+    result = fit_calibration(logits, labels, str(data), min_images)
     if model_path.suffix.lower() == ".onnx":
         try:
             import onnx
@@ -66,10 +71,12 @@ def get_args_parser():
     parser.add_argument("--output", required=True, type=cli.output_file(".pth", ".onnx"),
                         help="where the calibrated model goes (same extension)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (it may be the model)")
+    parser.add_argument("--min_images", type=cli.positive_int, default=MIN_IMAGES,
+                        help="refuse to fit on fewer readable images (a temperature fitted on a few follows noise)")
     return parser
 
 
 def main(args):
-    r = calibrate_file(args.model, args.data, args.output, args.overwrite)
+    r = calibrate_file(args.model, args.data, args.output, args.overwrite, min_images=args.min_images)
     print(f"temperature {r['temperature']:.3f} on {r['images']} images of {args.data}: expected calibration "
           f"error {r['ece_before'] * 100:.2f}% -> {r['ece_after'] * 100:.2f}%; saved {args.output}")

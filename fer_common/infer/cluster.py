@@ -26,6 +26,7 @@ Ray is optional (pip install 'fer-toolkit[cluster]'); it and pyarrow are importe
 
 import contextlib
 import logging
+import socket
 import os
 import pickle
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 
 from fer_common.infer.bulk import DEFAULT_BATCH_SIZE, classify_batch
 from fer_common.errors import FERError
+from fer_common.files import os_error_text
 from fer_common.results import Result
 from fer_common.infer.writers import import_pyarrow
 
@@ -108,6 +110,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         raise FERError(f"--address {address}: Ray Data does not run through Ray Client (ray://); run this "
                        "command on a node of the cluster (the head node, say) with --address auto")
     local = address in (None, "", "none", "local")
+    if not local and address != "auto":
+        check_cluster_address(address)
     try:
         ray.init(address="local" if local else address, num_cpus=num_cpus if local else None,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -115,6 +119,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         raise FERError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0][:160]}); start one "
                        "with `ray start --head`, or leave --address out for a new local one") from None
     return True
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def check_cluster_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """HOST:PORT must name a Ray head that answers within `timeout` seconds (ray.init itself retries for
+    minutes); one line says what was tried."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FERError(f"--address {address}: give auto (this machine's cluster), local, or the head's HOST:PORT "
+                       f"(e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise FERError(f"--address {address}: no Ray cluster answered there within {timeout:g} s "
+                       f"({os_error_text(e)}); start one with `ray start --head`, or leave --address out") from None
 
 
 @contextlib.contextmanager

@@ -67,6 +67,12 @@ class Predictor:
         self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
         check_graph(self.path, info, {i.name: i.shape for i in self.session.get_inputs()},
                     {o.name: o.shape for o in self.session.get_outputs()})
+        batch = self.session.get_inputs()[0].shape[0]
+        # Many exporters fix the batch at 1: such a graph runs one crop at a time (TTA and folders send more).
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        if self.fixed_batch not in (None, 1):
+            raise FERError(f"{self.path} is exported with a fixed batch of {batch} faces; export it with a dynamic "
+                           f"batch (this toolkit's export does) or a batch of 1")
         dim = self.session.get_outputs()[1].shape[-1]
         self.embedding_dim = dim if isinstance(dim, int) else 128
         return info
@@ -143,8 +149,12 @@ class Predictor:
 
     def _forward(self, batch: np.ndarray):
         if self.runtime == "onnx":
-            logits, embeddings = self.session.run(["logits", "embedding"], {"input": batch})
-            return logits, embeddings
+            if self.fixed_batch is None:
+                logits, embeddings = self.session.run(["logits", "embedding"], {"input": batch})
+                return logits, embeddings
+            # a graph exported with a batch of 1: one crop at a time
+            outputs = [self.session.run(["logits", "embedding"], {"input": batch[i:i + 1]}) for i in range(len(batch))]
+            return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
         import torch
 
         with torch.inference_mode():

@@ -29,7 +29,7 @@ import numpy as np
 
 from fer_common.version import __version__
 from fer_common.errors import FERError
-from fer_common.files import atomic_path, write_json
+from fer_common.files import atomic_path, check_regular_file, write_json
 from fer_common.results import Result, table_columns, table_rows
 from fer_common.files import sha256_file
 
@@ -195,6 +195,8 @@ def check_provenance(path: Path, meta: dict) -> None:
     """--resume only continues a file written by the same model and settings (its .meta.json says which)."""
     mp = meta_path(path)
     try:
+        if os.path.lexists(mp):
+            check_regular_file(mp, "provenance file")           # a FIFO planted there would block forever
         old = json.loads(mp.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FERError(f"cannot resume {path}: {mp.name} (which model wrote it) is missing, so its results "

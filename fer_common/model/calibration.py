@@ -16,6 +16,9 @@ from fer_common.files import write_image
 from fer_common.metrics import softmax
 
 BINS = 15
+# Fewer images than this fit a temperature to their noise (24 images once gave T = 0.05: every prediction
+# then read 100%). Training leaves T at 1 below it; `fer calibrate` refuses (--min_images lowers it).
+MIN_IMAGES = 200
 
 
 def fit_temperature(logits, labels) -> float:
@@ -45,10 +48,15 @@ def fit_temperature(logits, labels) -> float:
     return float(1.0 / ((lo * hi) ** 0.5))
 
 
-def fit_calibration(logits, labels, fitted_on: str) -> dict:
+def fit_calibration(logits, labels, fitted_on: str, min_images: int = MIN_IMAGES) -> dict:
     """Fit T on (logits, labels); the `calibration` entry a checkpoint and ONNX metadata store.
 
-    T stays 1 when fitting does not lower the ECE (too few images for a trustworthy fit)."""
+    T stays 1 when fitting does not lower the ECE, and with fewer than `min_images` images, where the fit
+    follows noise (`note` then says why)."""
+    if len(labels) < min_images:
+        ece = expected_calibration_error(softmax(logits), labels) if len(labels) else 0.0
+        return {"temperature": 1.0, "fitted_on": fitted_on, "images": int(len(labels)), "ece_before": ece,
+                "ece_after": ece, "note": f"not fitted: {len(labels)} images, fewer than {min_images}"}
     temperature = fit_temperature(logits, labels)
     before = expected_calibration_error(softmax(logits), labels)
     after = expected_calibration_error(softmax(logits, temperature), labels)

@@ -12,6 +12,7 @@
     }
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,8 +51,14 @@ def load_checkpoint(path, expected_type: str | None = None) -> dict:
     if not path.is_file():
         raise FERError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():         # PyTorch's own warnings about old pickles: our line says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean the same thing to the user
+        if "weights only load failed" in str(e).lower():
+            raise FERError(f"{path} holds Python objects besides weights (a pickle that could run code when "
+                           f"loaded), so it is refused: use a checkpoint this toolkit wrote, or save the model's "
+                           f"state dict alone") from None
         why = "an empty file" if path.stat().st_size == 0 else \
             f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
         raise FERError(f"{path} is not a readable PyTorch checkpoint ({why})") from None

@@ -149,8 +149,11 @@ def calibrate(model, val_loader, device, prep, amp, log=print) -> dict:
     """Fit the temperature on the validation split; the dict the checkpoint and ONNX metadata store."""
     logits, labels = collect_logits(model, val_loader, device, prep, amp)
     result = fit_calibration(logits.numpy(), labels.numpy(), "validation split")
-    log(f"calibration: temperature {result['temperature']:.3f} fitted on the validation split; expected "
-        f"calibration error {result['ece_before'] * 100:.2f}% -> {result['ece_after'] * 100:.2f}%")
+    if "note" in result:
+        log(f"calibration: temperature left at 1 ({result['note']} in the validation split)")
+    else:
+        log(f"calibration: temperature {result['temperature']:.3f} fitted on the validation split; expected "
+            f"calibration error {result['ece_before'] * 100:.2f}% -> {result['ece_after'] * 100:.2f}%")
     return result
 
 

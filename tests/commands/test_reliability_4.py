@@ -2,6 +2,8 @@
 
 import shutil
 
+import numpy as np
+
 import pytest
 
 import real_time_video
@@ -34,3 +36,86 @@ def test_an_output_never_replaces_a_model_the_command_reads(tmp_path, capsys, fl
                            "--detector_model", detector, flag, out, "--overwrite"], capsys)
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and "input" in err[0], err
     assert open(victim, "rb").read() == before
+
+
+def fixed_batch_copy(src, dst, batch: int):
+    """The shipped int8 model as an exporter with a fixed batch writes it: every graph input's and output's
+    first dimension pinned to `batch`."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(src))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = batch
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_an_onnx_model_with_a_fixed_batch_of_one_runs_a_crop_at_a_time(tmp_path):
+    from fer_common import FER, Predictor
+    from fer_common.errors import FERError
+
+    fixed = fixed_batch_copy(MODELS / "fer_model.int8.onnx", tmp_path / "fixed1.onnx", 1)
+    crops = [np.full((48, 48), v, np.uint8) for v in (40, 120, 200)]
+    a = Predictor(fixed, tta=True).predict(crops)                  # 6 rows with the mirror images
+    b = Predictor(MODELS / "fer_model.int8.onnx", tta=True).predict(crops)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert FER(model=fixed).analyse(REPO / "Test_files" / "IMG_test_1.jpg")[0].top_emotion == "Happy"
+    with pytest.raises(FERError, match="fixed batch of 4"):
+        Predictor(fixed_batch_copy(MODELS / "fer_model.int8.onnx", tmp_path / "fixed4.onnx", 4))
+
+
+def test_a_cluster_address_that_does_not_answer_is_one_line_in_seconds(tmp_path):
+    import socket
+    import time
+
+    from fer_common.errors import FERError
+    from fer_common.infer.cluster import check_cluster_address
+
+    with socket.socket() as s:                     # a port on this machine that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(FERError, match=f"no Ray cluster answered there within 2 s"):
+        check_cluster_address(f"127.0.0.1:{port}", timeout=2)
+    assert time.monotonic() - start < 10
+    for nonsense in ("nonsense", "host:", ":6379", "host:99999"):
+        with pytest.raises(FERError, match="HOST:PORT"):
+            check_cluster_address(nonsense)
+
+
+def test_address_without_the_ray_engine_is_refused(tmp_path):
+    from synthetic import run_script
+
+    r = run_script("inference.py", REPO / "Test_files" / "IMG_test_1.jpg", "--address", "auto")
+    assert r.returncode == 1 and "--engine ray" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_pickle_that_would_run_code_is_refused_in_our_words(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fer_common.errors import FERError
+    from fer_common.model.checkpoint import load_checkpoint
+
+    torch.save({"format": "x", "thing": Payload()}, tmp_path / "evil.pth")      # an object, not weights
+    with _no_warning():
+        with pytest.raises(FERError, match="holds Python objects besides weights") as e:
+            load_checkpoint(tmp_path / "evil.pth")
+    assert "weights_only" not in str(e.value)
+
+
+class Payload:
+    """Any class: unpickling it would import and run this module's code."""
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings(record=True)
+        self.seen = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        assert not self.seen, [str(w.message) for w in self.seen]
+        return False

@@ -81,7 +81,8 @@ def test_average_command_as_typed_then_calibrate_and_export(tmp_path, tiny_data)
     r = fer("average", "a.pth", "missing.pth", "--output", "x.pth", cwd=tmp_path)
     assert r.returncode != 0 and "missing.pth" in r.stderr and "Traceback" not in r.stderr
 
-    r = fer("calibrate", "soup.pth", "--data", tiny_data / "val_new", "--output", "soup.pth", "--overwrite", cwd=tmp_path)
+    r = fer("calibrate", "soup.pth", "--data", tiny_data / "val_new", "--output", "soup.pth", "--overwrite",
+            "--min_images", 1, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = fer("export", "soup.pth", "soup.onnx", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -5,10 +5,14 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
+from fer_common.errors import FERError
+
 from fer_common.commands.calibrate import calibrate_file
-from fer_common.model.calibration import draw_reliability_diagram, expected_calibration_error, fit_temperature
+from fer_common.model.calibration import (draw_reliability_diagram, expected_calibration_error, fit_calibration,
+                                         fit_temperature)
 from fer_common.model.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fer_common.metrics import softmax
 from fer_common.model.networks import default_preprocessing
@@ -63,7 +67,7 @@ def test_calibrate_file_lowers_ece_of_an_overconfident_model(tmp_path):
 
     for name in ("m.pth", "m.onnx"):
         out = tmp_path / f"calibrated_{name}"
-        result = calibrate_file(tmp_path / name, data / "val", out)
+        result = calibrate_file(tmp_path / name, data / "val", out, min_images=1)
         assert result["temperature"] > 1.5 and result["ece_after"] < result["ece_before"]
         predictor, raw = Predictor(out), Predictor(tmp_path / name)
         assert predictor.temperature == result["temperature"] and raw.temperature == 1.0
@@ -76,7 +80,7 @@ def test_calibrate_file_lowers_ece_of_an_overconfident_model(tmp_path):
     r = run_module("fer_common", "calibrate", tmp_path / "m.pth", "--data", data / "val", "--output", tmp_path / "m.pth")
     assert r.returncode == 1 and "already exists" in r.stderr
     r = run_module("fer_common", "calibrate", tmp_path / "m.pth", "--data", data / "val", "--output",
-                   tmp_path / "m.pth", "--overwrite")
+                   tmp_path / "m.pth", "--overwrite", "--min_images", 50)
     assert r.returncode == 0, r.stderr
     assert "expected calibration error" in r.stdout and "calibration" in load_checkpoint(tmp_path / "m.pth")
 
@@ -89,3 +93,24 @@ def test_reliability_diagram_draws_each_curve(tmp_path):
     red = (image[:, :, 2] > 180) & (image[:, :, 1] < 100) & (image[:, :, 0] < 100)    # the "before" curve
     blue = (image[:, :, 0] > 170) & (image[:, :, 1] > 90) & (image[:, :, 1] < 150) & (image[:, :, 2] < 60)
     assert red.sum() > 50 and blue.sum() > 50
+
+
+def test_a_temperature_is_never_fitted_on_a_handful_of_images(tmp_path):
+    # 24 images once fitted T = 0.05 (every prediction 100%): fer calibrate refuses, training leaves T at 1
+    data = make_folder_dataset(tmp_path / "data", per_class=(0, 3), splits=("skip", "val"))
+    save_default(tmp_path / "m.pth")
+    with pytest.raises(FERError, match="fewer than 200"):
+        calibrate_file(tmp_path / "m.pth", data / "val", tmp_path / "c.pth")
+    assert not (tmp_path / "c.pth").exists()
+    logits, labels = overconfident()
+    result = fit_calibration(logits[:24], labels[:24], "val")
+    assert result["temperature"] == 1.0 and "not fitted" in result["note"]
+    assert fit_calibration(logits, labels, "val")["temperature"] > 2
+
+
+def test_the_numpy_fit_finds_the_likelihood_minimum():
+    logits, labels = overconfident()
+    t = fit_temperature(logits, labels)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    nll = [-np.log(softmax(logits, g)[np.arange(len(labels)), labels]).mean() for g in grid]
+    assert t == pytest.approx(grid[int(np.argmin(nll))], rel=0.01)
