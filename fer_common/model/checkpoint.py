@@ -55,7 +55,7 @@ def load_checkpoint(path, expected_type: str | None = None) -> dict:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean the same thing to the user
-        if "weights only load failed" in str(e).lower():
+        if "unsupported global" in str(e).lower():        # a class to import: code would run
             raise FERError(f"{path} holds Python objects besides weights (a pickle that could run code when "
                            f"loaded), so it is refused: use a checkpoint this toolkit wrote, or save the model's "
                            f"state dict alone") from None
