@@ -12,9 +12,11 @@ tracker, colours, model files) from web/settings.json, which page_settings() wri
 `fer web --write_settings` after changing one; tests/commands/test_web.py checks that the two agree.
 """
 
+import errno
 import http.server
 import inspect
 import mimetypes
+import socket
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -143,10 +145,18 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) 
     """A server for the page, bound but not yet serving (port 0: any free port, see server.server_address)."""
     check_web_files()
     handler = type("QuietHandler" if quiet else "Handler", (Handler,), {"quiet": quiet})
+    server_class = http.server.ThreadingHTTPServer
+    if ":" in host:                                   # an IPv6 address (::1, ::)
+        server_class = type("ThreadingHTTPServerV6", (server_class,), {"address_family": socket.AF_INET6})
     try:
-        return http.server.ThreadingHTTPServer((host, port), handler)
+        return server_class((host.strip("[]"), port), handler)
+    except socket.gaierror:
+        raise FERError(f"--host {host}: not an address of this machine (give 127.0.0.1, ::1, 0.0.0.0 or an "
+                       f"address one of its interfaces has)") from None
     except OSError as e:
-        raise FERError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --port") from None
+        why = e.strerror or str(e)
+        hint = "pass another --port" if e.errno == errno.EADDRINUSE else "check --host"
+        raise FERError(f"cannot listen on {host} port {port} ({why}): {hint}") from None
 
 
 def get_args_parser():
@@ -167,7 +177,10 @@ def main(args):
         return 0
     server = make_server(args.host, args.port)
     host, port = server.server_address[:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"note: listening on {host}: the page and the shipped models are now reachable from the network "
+              f"(other machines can open it; the camera needs localhost or HTTPS there)", flush=True)
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     print(f"FER in the browser: open http://{shown}:{port}/ (Ctrl-C stops; nothing is uploaded, the page runs "
           f"the models in the browser)", flush=True)
     try:

@@ -119,3 +119,44 @@ class _no_warning:
         self._ctx.__exit__(*exc)
         assert not self.seen, [str(w.message) for w in self.seen]
         return False
+
+
+def test_the_page_server_listens_on_ipv6_and_says_when_the_network_can_reach_it():
+    import socket
+    import threading
+    import urllib.request
+
+    from fer_common.commands import web
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = web.make_server("::1", 0, quiet=True)
+    except Exception as e:                         # noqa: BLE001 - the page's files may be missing here
+        pytest.skip(str(e))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://[::1]:{port}/web/settings.json", timeout=10) as r:
+            assert r.status == 200 and b"frameScale" in r.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_page_server_on_all_interfaces_says_so(capsys, monkeypatch):
+    from fer_common.commands import web
+
+    class Server:
+        server_address = ("0.0.0.0", 8000)
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(web, "make_server", lambda host, port: Server())
+    with pytest.raises(KeyboardInterrupt):
+        web.main(web.get_args_parser().parse_args(["--host", "0.0.0.0"]))
+    assert "reachable from the network" in capsys.readouterr().out
