@@ -6,6 +6,7 @@ Its parts live beside it: the flags in training_args, early stopping in early_st
 distillation in recipes, the process group in distributed, checkpoint surgery (--init_from) in checkpoint.
 """
 
+import hashlib
 import math
 import random
 import time
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import data as fdata
+from . import ferplus
 from .calibration import fit_calibration
 from .checkpoint import init_from_checkpoint, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from .device import amp_dtype, autocast, clear_gpu_memory, grad_scaler, set_cpu_threads
@@ -29,7 +31,7 @@ from .onnx_export import export_onnx
 from .augmentation import augment_views
 from .preprocess import cache_size, normalize
 from .recipes import ModelEma, Teachers, distillation_loss, mix_batch
-from .training_args import check_distillation_args, check_outputs, last_checkpoint_path, metrics_path
+from .training_args import check_distillation_args, check_outputs, check_vote_args, last_checkpoint_path, metrics_path
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -156,9 +158,11 @@ def calibrate(model, val_loader, device, prep, amp, log=print) -> dict:
 # ----------------------------------------------------------------------------- data and optimisation
 
 def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Loss weights from the training labels: class indices, or rows of target distributions (soft counts)."""
     if mode == "none":
         return None
-    counts = torch.bincount(labels, minlength=num_classes).float().clamp_(min=1)
+    counts = labels.float().sum(0) if labels.ndim == 2 else torch.bincount(labels, minlength=num_classes).float()
+    counts = counts.clamp_(min=1)
     weights = counts.sum() / (num_classes * counts)
     if mode == "sqrt":
         weights = weights.sqrt()
@@ -182,11 +186,48 @@ def split_dirs(dataset_path) -> tuple[Path, Path]:
     return train_dir, val_dir
 
 
+def vote_samples(args, train_dir: Path, val_dir: Path, log):
+    """With --votes: the training images with a FER+ target (their labels are rows of the returned targets),
+    those targets, and the validation images labelled with their FER+ majority label. Images without votes or
+    without a FER+ label are left out, one line per split saying how many."""
+    table = ferplus.read_votes(args.votes)
+    splits = []
+    for folder, mode in ((train_dir, args.vote_mode), (val_dir, "majority")):
+        samples, _ = fdata.list_samples(folder)
+        labelled = ferplus.label_images(table, [path for path, _ in samples], mode)
+        log(f"votes: {labelled.describe(len(samples), folder.name)}")
+        if not len(labelled.kept):
+            raise FERError(f"--votes {args.votes}: no image of {folder} has a FER+ target (e.g. "
+                           f"{samples[0][0].name} there, {table.keys[0]} in the votes file): are these the votes "
+                           f"of this data set?")
+        splits.append(([samples[i] for i in labelled.kept], labelled))
+    (train, labelled), (val, val_labelled) = splits
+    targets = torch.from_numpy(labelled.labels if args.vote_mode == "majority" else labelled.targets)
+    train_samples = [(path, row) for row, (path, _) in enumerate(train)]
+    val_samples = [(path, int(label)) for (path, _), label in zip(val, val_labelled.labels)]
+    return train_samples, targets, val_samples
+
+
+def votes_record(args) -> dict | None:
+    """What a checkpoint says about the FER+ votes it was trained on (None without --votes)."""
+    if not args.votes:
+        return None
+    digest = hashlib.sha256(Path(args.votes).read_bytes()).hexdigest()
+    return {"file": Path(args.votes).name, "sha256": digest, "mode": args.vote_mode,
+            "rule": "FER+ (Barsoum et al. 2016)", "validation": "majority"}
+
+
 def build_loaders(args, prep, rank, world_size, device, log):
-    """(train loader, val loader, class names, train labels): cached in memory as uint8, or streamed (--no_cache)."""
+    """(train loader, val loader, class names, train labels): cached in memory as uint8, or streamed (--no_cache).
+    With --votes the classes are FER+'s and the labels come from the votes (see vote_samples)."""
     train_dir, val_dir = split_dirs(args.dataset_path)
-    train_samples, class_names = fdata.list_samples(train_dir)
-    val_samples, _ = fdata.list_samples(val_dir, class_names)
+    if args.votes:
+        train_samples, train_targets, val_samples = vote_samples(args, train_dir, val_dir, log)
+        class_names = list(ferplus.CLASS_NAMES)
+    else:
+        train_samples, class_names = fdata.list_samples(train_dir)
+        val_samples, _ = fdata.list_samples(val_dir, class_names)
+        train_targets = None
     size, channels, pin = cache_size(prep["input_size"]), prep["channels"], device.type == "cuda"
     if args.no_cache:
         train = fdata.streaming_loader(train_samples, size, channels, args.batch_size, True, args.num_workers,
@@ -209,8 +250,12 @@ def build_loaders(args, prep, rank, world_size, device, log):
         raise FERError(f"--batch_size {args.batch_size} is larger than the {len(train_samples)} training images"
                        f"{f' per process ({world_size} processes)' if world_size > 1 else ''}: no full batch to "
                        f"train on; lower --batch_size")
+    if train_targets is not None:     # the loaders' labels are rows of the targets
+        train = fdata.TargetLoader(train, train_targets, draw=args.vote_mode == "probability")
+        train_labels = train_targets[train_labels]
     log(f"data: {len(train_samples)} train / {len(val_samples)} val images in {len(class_names)} classes "
-        f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}")
+        f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}"
+        f"{f'; FER+ votes, {args.vote_mode} mode' if args.votes else ''}")
     return train, val, class_names, train_labels
 
 
@@ -253,6 +298,7 @@ class Run:
     rank: int = 0
     history: list = field(default_factory=list)
     start_epoch: int = 1
+    votes: dict | None = None               # the FER+ votes trained on (votes_record)
     val_loss_fn: torch.nn.Module = field(default_factory=torch.nn.CrossEntropyLoss)   # plain: comparable across settings
 
     @property
@@ -285,6 +331,8 @@ class Run:
     def checkpoint(self, epoch: int, metrics: dict, args, with_state: bool) -> dict:
         """The best-model file holds the validated weights; the last-state file the live weights and the state."""
         extra = {"epoch": epoch, "metrics": metrics, "args": dict(vars(args)), "history": self.history}
+        if self.votes:
+            extra["votes"] = self.votes
         if with_state:
             extra.update(self.state_dict())
         weights = self.model if with_state else self.validated
@@ -295,7 +343,9 @@ def start_model(args, model_type: str, model_config: dict, log):
     """The model to train: the --resume checkpoint's, or a fresh one (its features --init_from a trained model).
 
     Returns (model, model_config, preprocessing, the resumed checkpoint or None)."""
-    class_names, _ = fdata.find_classes(split_dirs(args.dataset_path)[0])   # the data decide the classes
+    train_dir = split_dirs(args.dataset_path)[0]
+    # The data decide the classes: the folders, or with --votes FER+'s eight.
+    class_names = list(ferplus.CLASS_NAMES) if args.votes else fdata.find_classes(train_dir)[0]
     if not args.resume:
         model = create_model(model_type, num_classes=len(class_names), **model_config)
         prep = default_preprocessing(model_type, model)
@@ -303,6 +353,12 @@ def start_model(args, model_type: str, model_config: dict, log):
             prep = init_from_checkpoint(model, args.init_from, model_type, model_config, class_names, log)
         return model, model_config, prep, None
     resume = load_checkpoint(args.resume, expected_type=model_type)
+    trained, asked = resume.get("votes"), votes_record(args)
+    if (trained or {}).get("mode") != (asked or {}).get("mode"):
+        def targets(v):
+            return f"FER+ votes ({v.get('file')}, --vote_mode {v.get('mode')})" if v else "the folders' labels"
+        raise FERError(f"{args.resume} was trained on {targets(trained)}, this run asks for {targets(asked)}: "
+                       f"give the same --votes and --vote_mode to resume")
     if resume["class_names"] != class_names:
         raise FERError(f"{args.resume} was trained on classes {', '.join(resume['class_names'])}, the data "
                        f"has {', '.join(class_names)}: to train on new classes, use --init_from instead")
@@ -318,7 +374,8 @@ def prepare_run(args, model_type: str, model_config: dict, rank: int, world_size
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opts = make_epoch_options(args, model, train_labels, class_names, prep, device)
     run = Run(model_type, model_config, class_names, prep, model, train_loader, val_loader, opts,
-              make_scheduler(opts.optimizer, args), EarlyStopping(args.patience, args.extra_epochs), rank)
+              make_scheduler(opts.optimizer, args), EarlyStopping(args.patience, args.extra_epochs), rank,
+              votes=votes_record(args))
     if resume is not None:
         run.load_state_dict(resume, args.resume, log)
     log(f"model: {model_type}, {count_parameters(model) / 1e6:.2f} M parameters, input "
@@ -358,6 +415,7 @@ def save_epoch(run: Run, args, row: dict, best: dict) -> None:
         save_checkpoint(run.checkpoint(row["epoch"], metrics, args, with_state=False), args.output_model)
     save_checkpoint(run.checkpoint(row["epoch"], metrics, args, with_state=True), last_checkpoint_path(args.output_model))
     write_json(metrics_path(args.output_model), {"model_type": run.model_type, "class_names": run.class_names,
+                                                 **({"votes": run.votes} if run.votes else {}),
                                                  "best": best, "history": run.history})
 
 
@@ -405,6 +463,7 @@ def train(args, model_type: str, model_config: dict) -> dict:
         if args.resume and args.init_from:
             raise FERError("--resume continues a run, --init_from starts a new one from a trained model: give one of them")
         check_distillation_args(args)
+        check_vote_args(args)
         check_outputs(args)
         run = prepare_run(args, model_type, model_config, rank, world_size, device, log)
         best = run_epochs(run, args, log)
