@@ -122,6 +122,7 @@ class VoteTable:
     path: Path
     keys: list[str]
     votes: np.ndarray                        # N x 10 float32, VOTE_COLUMNS order
+    by_row: bool = False                     # fer2013new.csv: keys are the fer2013.csv import's file names
 
     def match(self, image_paths) -> np.ndarray:
         """The row of each image (-1 where none, or where several rows fit equally well)."""
@@ -196,7 +197,7 @@ def _read_rows(path: Path, header, reader) -> VoteTable:
         votes.append([_vote(row[i], path, line, c) for i, c in zip(vote_at, VOTE_COLUMNS)])
     if not keys:
         raise FERError(f"{path} holds no votes (only its header)")
-    return VoteTable(path, keys, np.array(votes, dtype=np.float32))
+    return VoteTable(path, keys, np.array(votes, dtype=np.float32), by_row=by_usage)
 
 
 def _vote(text: str, path: Path, line: int, column: str) -> float:
@@ -249,3 +250,14 @@ def label_images(table: VoteTable, image_paths, mode: str) -> LabelledImages:
     targets, ok = vote_targets(votes, mode)
     kept = np.flatnonzero(has)[ok]
     return LabelledImages(kept, targets[ok], majority_labels(votes)[ok], int((~has).sum()), int((~ok).sum()))
+
+
+def keep_labelled(table: VoteTable, samples, mode: str, folder) -> tuple[list, LabelledImages]:
+    """The (path, label) samples of `folder` that keep a FER+ target under `mode`, and their targets; a folder
+    where none does is one FERError (the votes of another data set, most likely)."""
+    labelled = label_images(table, [path for path, _ in samples], mode)
+    if not len(labelled.kept):
+        example = f" (e.g. {Path(samples[0][0]).name} there, {table.keys[0]} in the votes file)" if samples else ""
+        raise FERError(f"no image of {folder} has a FER+ target from {table.path}{example}: "
+                       f"{labelled.describe(len(samples), 'its')}; are these the votes of this data set?")
+    return [samples[i] for i in labelled.kept], labelled

@@ -194,13 +194,9 @@ def vote_samples(args, train_dir: Path, val_dir: Path, log):
     splits = []
     for folder, mode in ((train_dir, args.vote_mode), (val_dir, "majority")):
         samples, _ = fdata.list_samples(folder)
-        labelled = ferplus.label_images(table, [path for path, _ in samples], mode)
+        kept, labelled = ferplus.keep_labelled(table, samples, mode, folder)
         log(f"votes: {labelled.describe(len(samples), folder.name)}")
-        if not len(labelled.kept):
-            raise FERError(f"--votes {args.votes}: no image of {folder} has a FER+ target (e.g. "
-                           f"{samples[0][0].name} there, {table.keys[0]} in the votes file): are these the votes "
-                           f"of this data set?")
-        splits.append(([samples[i] for i in labelled.kept], labelled))
+        splits.append((kept, labelled))
     (train, labelled), (val, val_labelled) = splits
     targets = torch.from_numpy(labelled.labels if args.vote_mode == "majority" else labelled.targets)
     train_samples = [(path, row) for row, (path, _) in enumerate(train)]
