@@ -355,6 +355,9 @@ def start_model(args, model_type: str, model_config: dict, log):
             return f"FER+ votes ({v.get('file')}, --vote_mode {v.get('mode')})" if v else "the folders' labels"
         raise FERError(f"{args.resume} was trained on {targets(trained)}, this run asks for {targets(asked)}: "
                        f"give the same --votes and --vote_mode to resume")
+    if trained and trained.get("sha256") != asked["sha256"]:
+        log(f"warning: --votes {args.votes} is not the votes file {args.resume} started with ({trained.get('file')}): "
+            f"the targets change from here on")
     if resume["class_names"] != class_names:
         raise FERError(f"{args.resume} was trained on classes {', '.join(resume['class_names'])}, the data "
                        f"has {', '.join(class_names)}: to train on new classes, use --init_from instead")

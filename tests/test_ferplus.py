@@ -213,6 +213,10 @@ def test_training_on_votes_as_a_user_types_it_then_resume(voted, tmp_path):
     r = run_script("fine_tuning.py", *args, "--epochs", "3", "--resume", last)
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stdout and "epoch   3/3" in r.stdout and load_checkpoint(last)["epoch"] == 3
+    # resuming on other targets is refused: the votes and their mode are part of the run
+    r = run_script("fine_tuning.py", *args, "--epochs", "4", "--resume", last, "--vote_mode", "majority")
+    assert r.returncode == 1 and "was trained on FER+ votes (votes.csv, --vote_mode probability), this run asks " \
+        "for FER+ votes (votes.csv, --vote_mode majority)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_crossentropy_mode_trains_streamed_too(voted, tmp_path):
