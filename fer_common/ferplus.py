@@ -125,22 +125,32 @@ class VoteTable:
     by_row: bool = False                     # fer2013new.csv: keys are the fer2013.csv import's file names
 
     def match(self, image_paths) -> np.ndarray:
-        """The row of each image (-1 where none, or where several rows fit equally well)."""
-        by_name: dict[str, list[int]] = {}
-        for i, key in enumerate(self.keys):
-            by_name.setdefault(PurePosixPath(key).name, []).append(i)
-        rows = np.full(len(image_paths), -1, dtype=np.int64)
-        for n, path in enumerate(image_paths):
-            parts = Path(path).parts
-            candidates = by_name.get(parts[-1], []) if parts else []
-            if len(candidates) == 1:
-                rows[n] = candidates[0]
-            elif candidates:
-                scores = [_common_tail(parts, PurePosixPath(self.keys[i]).parts) for i in candidates]
-                best = max(scores)
-                if scores.count(best) == 1:
-                    rows[n] = candidates[scores.index(best)]
-        return rows
+        """The row of each image: -1 where none fits, or where the fit is not clear.
+
+        A file name that one image and one row have is a match. Where a name is on several images (the same
+        name in two class folders) or rows, an image and a row match when each fits the other better than
+        anything else does, by the trailing folders they share."""
+        rows_of: dict[str, list[int]] = {}
+        for r, key in enumerate(self.keys):
+            rows_of.setdefault(PurePosixPath(key).name, []).append(r)
+        images_of: dict[str, list[int]] = {}
+        for i, path in enumerate(image_paths):
+            images_of.setdefault(Path(path).name, []).append(i)
+        matched = np.full(len(image_paths), -1, dtype=np.int64)
+        for name, images in images_of.items():
+            rows = rows_of.get(name, [])
+            if len(rows) == 1 and len(images) == 1:
+                matched[images[0]] = rows[0]
+                continue
+            fit = np.array([[_common_tail(Path(image_paths[i]).parts, PurePosixPath(self.keys[r]).parts)
+                             for r in rows] for i in images]).reshape(len(images), len(rows))
+            for a, i in enumerate(images):
+                if not len(rows):
+                    break
+                b = int(fit[a].argmax())
+                if (fit[a] == fit[a, b]).sum() == 1 and (fit[:, b] >= fit[a, b]).sum() == 1:
+                    matched[i] = rows[b]
+        return matched
 
 
 def _common_tail(a, b) -> int:
@@ -242,9 +252,10 @@ class LabelledImages:
                 + (f"; left out {' and '.join(left)}" if left else ""))
 
 
-def label_images(table: VoteTable, image_paths, mode: str) -> LabelledImages:
-    """The images of `image_paths` that keep a target under `mode`, with those targets."""
-    rows = table.match(image_paths)
+def label_images(table: VoteTable, image_paths, mode: str, rows=None) -> LabelledImages:
+    """The images of `image_paths` that keep a target under `mode`, with those targets. `rows` are their rows
+    in the table when already matched (VoteTable.match)."""
+    rows = table.match(image_paths) if rows is None else np.asarray(rows)
     has = rows >= 0
     votes = table.votes[rows[has]]
     targets, ok = vote_targets(votes, mode)
@@ -252,10 +263,10 @@ def label_images(table: VoteTable, image_paths, mode: str) -> LabelledImages:
     return LabelledImages(kept, targets[ok], majority_labels(votes)[ok], int((~has).sum()), int((~ok).sum()))
 
 
-def keep_labelled(table: VoteTable, samples, mode: str, folder) -> tuple[list, LabelledImages]:
+def keep_labelled(table: VoteTable, samples, mode: str, folder, rows=None) -> tuple[list, LabelledImages]:
     """The (path, label) samples of `folder` that keep a FER+ target under `mode`, and their targets; a folder
     where none does is one FERError (the votes of another data set, most likely)."""
-    labelled = label_images(table, [path for path, _ in samples], mode)
+    labelled = label_images(table, [path for path, _ in samples], mode, rows)
     if not len(labelled.kept):
         example = f" (e.g. {Path(samples[0][0]).name} there, {table.keys[0]} in the votes file)" if samples else ""
         raise FERError(f"no image of {folder} has a FER+ target from {table.path}{example}: "

@@ -191,11 +191,14 @@ def vote_samples(args, train_dir: Path, val_dir: Path, log):
     those targets, and the validation images labelled with their FER+ majority label. Images without votes or
     without a FER+ label are left out, one line per split saying how many."""
     table = ferplus.read_votes(args.votes)
+    folders = ((train_dir, args.vote_mode), (val_dir, "majority"))
+    samples = [fdata.list_samples(folder)[0] for folder, _ in folders]
+    # Matched together: a file name in both halves (FER-2013 has a few in two class folders) is settled by folders.
+    rows = np.split(table.match([path for half in samples for path, _ in half]), [len(samples[0])])
     splits = []
-    for folder, mode in ((train_dir, args.vote_mode), (val_dir, "majority")):
-        samples, _ = fdata.list_samples(folder)
-        kept, labelled = ferplus.keep_labelled(table, samples, mode, folder)
-        log(f"votes: {labelled.describe(len(samples), folder.name)}")
+    for (folder, mode), half, half_rows in zip(folders, samples, rows):
+        kept, labelled = ferplus.keep_labelled(table, half, mode, folder, half_rows)
+        log(f"votes: {labelled.describe(len(half), folder.name)}")
         splits.append((kept, labelled))
     (train, labelled), (val, val_labelled) = splits
     targets = torch.from_numpy(labelled.labels if args.vote_mode == "majority" else labelled.targets)

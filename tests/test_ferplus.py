@@ -144,6 +144,10 @@ def test_keys_match_by_file_name_after_a_split_and_ties_are_settled_by_folders(t
                         tmp_path / "dataset/val_new/Happy/same.jpg",            # both fit as well: none
                         tmp_path / "dataset/train_new/Happy/other.jpg"])
     assert rows.tolist() == [0, 2, -1, -1]
+    # FER-2013 has a few names in two class folders: the votes go to the face whose folders fit, not to both
+    table = ferplus.VoteTable(tmp_path, ["train/surprise/dup.jpg"], np.array([votes(surprise=10)], dtype=np.float32))
+    rows = table.match([tmp_path / "dataset/train_new/Neutral/dup.jpg", tmp_path / "dataset/val_new/Surprise/dup.jpg"])
+    assert rows.tolist() == [-1, 0]
 
 
 # ---------------------------------------------------------------- recipes on soft targets
