@@ -21,7 +21,7 @@ Votes files come in two forms, told apart by their header:
                                                          import names <Usage>_<i>.png
 
 Images are matched to rows by file name, which survives validation_split.py moving them into another folder;
-a name that several rows share is settled by the most trailing folders in common (case ignored).
+a name on several rows or images is settled by the trailing folders they share (case ignored).
 NumPy and csv only: no PyTorch.
 """
 
