@@ -105,7 +105,8 @@ def main(args):
         draw_reliability_diagram(curves, labels, targets[2], title=run)
         written.append(targets[2])
         write_json(targets[1], {"model": str(predictor.path), "data": str(args.data), "tta": args.tta,
-                                **({"votes": votes} if votes else {}), **report, "class_names": names, "confusion_matrix": cm.tolist()})
+                                **({"votes": votes} if votes else {}), **report, "class_names": names,
+                                "confusion_matrix": cm.tolist()})
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
