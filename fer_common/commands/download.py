@@ -3,6 +3,7 @@
     python download_dataset.py                                      # Kaggle (needs an API token)
     python download_dataset.py --source ~/Downloads/archive.zip     # the Kaggle zip, its folder, or fer2013.csv
     python download_dataset.py --source https://example.org/fer2013.csv.gz --sha256 <sum>
+    python download_dataset.py --source fer2013.csv --ferplus fer2013new.csv    # with FER+'s crowd votes
 
 A complete data set already at --output is reported, not fetched again (--force redoes it).
 """
@@ -10,7 +11,7 @@ A complete data set already at --output is reported, not fetched again (--force 
 import os
 import sys
 
-from fer_common.cli import http_url, make_parser, path_arg, sha256_arg, url_or_path
+from fer_common.cli import existing_file, http_url, make_parser, path_arg, sha256_arg, url_or_path
 from fer_common.datasets.download import KAGGLE_API, import_dataset
 from fer_common.labels import count_table
 
@@ -27,6 +28,10 @@ def get_args_parser():
     data.add_argument("--keep_splits", action="store_true",
                       help="from fer2013.csv, write PublicTest and PrivateTest to public_test/ and private_test/ "
                            "instead of both to test/")
+    data.add_argument("--ferplus", metavar="VOTES", type=existing_file,
+                      help="attach FER+ crowd votes: FERPlus's fer2013new.csv for a fer2013.csv source (row by row), "
+                           "or a votes file keyed by image path; written as <output>/ferplus_votes.csv keyed by the "
+                           "images imported, for fine_tuning.py --votes")
     data.add_argument("--kaggle_api", default=os.environ.get("KAGGLE_API_BASE", KAGGLE_API), type=http_url,
                       help="Kaggle API base URL (env KAGGLE_API_BASE); credentials come from KAGGLE_USERNAME and "
                            "KAGGLE_KEY, or kaggle.json in KAGGLE_CONFIG_DIR or ~/.kaggle")
@@ -40,7 +45,7 @@ def get_args_parser():
 
 def main(args):
     info = import_dataset(args.source, args.output, keep_splits=args.keep_splits, force=args.force,
-                          sha256=args.sha256, kaggle_api=args.kaggle_api)
+                          sha256=args.sha256, kaggle_api=args.kaggle_api, ferplus=args.ferplus)
     counts = info["counts"]
     summary = ", ".join(f"{sum(c.values())} {split}" for split, c in counts.items())
     if info["already_present"]:
@@ -51,5 +56,10 @@ def main(args):
             kept = reason.endswith("and kept")      # renamed, not left out
             print(f"warning: {'' if kept else 'skipped '}{n} {reason}", file=sys.stderr)
         print(f"imported {summary} images into {args.output}")
+    votes = info.get("ferplus")
+    if votes:
+        print(f"FER+ votes of {votes['file']} for {votes['images']} images -> {args.output}/ferplus_votes.csv "
+              f"(train on them with fine_tuning.py --votes {args.output}/ferplus_votes.csv)"
+              + (f"; {votes['without_votes']} images have none" if votes["without_votes"] else ""))
     print(count_table(counts))
 

@@ -17,13 +17,15 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import requests
 from tqdm import tqdm
 
 from fer_common.errors import FERError
 from fer_common.datasets.fer2013 import ImportResult, import_csv, import_folder, import_tar, import_zip
-from fer_common.files import (check_outside, check_regular_file, make_temp_dir, os_error_text, replace_dir, sha256_file,
-                              sibling_name, write_json)
+from fer_common.datasets.ferplus import VOTES_FILE_NAME, VoteTable, read_votes, write_votes
+from fer_common.files import (check_outside, check_regular_file, is_image_name, make_temp_dir, os_error_text, replace_dir,
+                              sha256_file, sibling_name, write_json)
 
 KAGGLE_API = "https://www.kaggle.com/api/v1"
 KAGGLE_DATASET = "msambare/fer2013"
@@ -267,7 +269,7 @@ def read_marker(output) -> dict | None:
 
 
 # What a data set made by this tool may hold besides its splits: validation_split.py's halves.
-OWN_ENTRIES = {COMPLETE_MARKER, "train_new", "val_new"}
+OWN_ENTRIES = {COMPLETE_MARKER, "train_new", "val_new", VOTES_FILE_NAME}
 
 
 def foreign_entries(output: Path, marker: dict) -> list[str]:
@@ -352,18 +354,45 @@ def locate_source(source: str, cache_dir: Path, sha256: str | None, kaggle_api: 
     return path, downloaded
 
 
-def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
-                   sha256: str | None = None, kaggle_api: str = KAGGLE_API) -> dict:
-    """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/.
+def attach_votes(table: VoteTable, dest: Path, result: ImportResult) -> dict:
+    """Write dest/ferplus_votes.csv: the votes of `table` keyed by the paths of the images just imported into dest.
 
-    Returns the marker dict (source, counts per split and class, skipped entries) with `already_present`
-    True when a complete import was found and `force` is off.
+    FERPlus's fer2013new.csv follows fer2013.csv row by row, so it must have a row for every row the import read
+    and a row for every image (its Usage agreeing); a file keyed by image path may lack a few images (those FER+
+    dropped)."""
+    images = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and is_image_name(p.name))
+    rows = table.match(images)
+    found = rows >= 0
+    if table.by_row:
+        read = result.total() + sum(result.skipped.values())
+        if len(table.keys) != read or not found.all():
+            raise FERError(f"--ferplus {table.path} does not follow the imported fer2013.csv row by row "
+                           f"({len(table.keys)} rows there, {read} here; {int((~found).sum())} image(s) without "
+                           f"a row of the same Usage): give the fer2013new.csv of this fer2013.csv")
+    if not found.any():
+        raise FERError(f"--ferplus {table.path}: none of the {len(images)} imported images has votes there "
+                       f"(e.g. {images[0] if images else '-'} here, {table.keys[0]} there)")
+    write_votes(dest / VOTES_FILE_NAME, [images[i] for i in np.flatnonzero(found)], table.votes[rows[found]])
+    return {"file": table.path.name, "images": int(found.sum()), "without_votes": int((~found).sum())}
+
+
+def import_dataset(source: str, output, keep_splits: bool = False, force: bool = False,
+                   sha256: str | None = None, kaggle_api: str = KAGGLE_API, ferplus=None) -> dict:
+    """Fetch FER-2013 from `source` ('kaggle', an http(s) URL or a local path) into output/<split>/<Class>/,
+    with `ferplus` (a FER+ votes file) attached as output/ferplus_votes.csv keyed by the images written.
+
+    Returns the marker dict (source, counts per split and class, skipped entries, FER+ votes) with
+    `already_present` True when a complete import was found and `force` is off.
     """
     output = Path(output)
     check_output_folder(output, source)
     marker = read_marker(output)
     if marker and not force:
+        if ferplus and "ferplus" not in marker:
+            raise FERError(f"{output} holds an import without FER+ votes: pass --force to import it again with "
+                           f"--ferplus, or give {ferplus} to fine_tuning.py --votes as it is")
         return {**marker, "already_present": True}
+    table = read_votes(ferplus) if ferplus else None     # a bad votes file is refused before the import
     check_replaceable(output, marker, force)
     cache_dir = download_cache(output)
     path, downloaded = locate_source(source, cache_dir, sha256, kaggle_api)
@@ -378,6 +407,8 @@ def import_dataset(source: str, output, keep_splits: bool = False, force: bool =
             result = import_source(path, tmp, keep_splits)
             marker = {"source": source, "counts": result.plain_counts(), "skipped": dict(result.skipped),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if table is not None:
+                marker["ferplus"] = attach_votes(table, tmp, result)
             write_json(tmp / COMPLETE_MARKER, marker)
             replace_dir(tmp, output)
         except OSError as e:   # the disk side: full, read-only, a path too long

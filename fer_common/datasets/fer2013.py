@@ -305,6 +305,11 @@ def parse_label(text: str) -> str | None:
     return EMOTIONS[index] if 0 <= index < len(EMOTIONS) else None
 
 
+def csv_image_name(usage: str, row_number: int) -> str:
+    """The file name import_csv gives the image of fer2013.csv's data row `row_number` (1-based)."""
+    return f"{usage}_{row_number:05d}.png"
+
+
 def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult:
     """Write fer2013.csv's rows as lossless PNGs dest/<split>/<Class>/<Usage>_<row>.png.
 
@@ -340,7 +345,7 @@ def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult
                 if image is None:
                     result.skipped["rows with a bad pixel count or value"] += 1
                     continue
-                path = _target(dest, splits[usage], emotion, f"{usage}_{row_number:05d}.png")
+                path = _target(dest, splits[usage], emotion, csv_image_name(usage, row_number))
                 if not cv2.imwrite(str(path), image):
                     raise OSError(f"could not write {path}")
                 result.add(splits[usage], emotion)

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from fer_common import cli
+from fer_common.datasets.ferplus import MODES as VOTE_MODES
 from fer_common.device import default_num_workers
 from fer_common.errors import FERError
 from fer_common.files import check_outputs, same_file
@@ -41,6 +42,14 @@ def add_data_args(parser):
                    help="standard: mirror, +-10 degree rotation, +-10%% zoom and shift, brightness/contrast; broad: "
                         "wider warps plus blur, low resolution, noise, JPEG and random erasing on some faces "
                         "(teachers of --teacher see the faces undegraded)")
+    g.add_argument("--votes", metavar="FILE", type=cli.existing_file,
+                   help="train on FER+ crowd votes instead of the folders' labels: a votes file keyed by image path "
+                        "(file,neutral,...,NF) or FERPlus's fer2013new.csv for a fer2013.csv import; 8 classes "
+                        "(FER-2013's 7 and Contempt), images without votes or without a FER+ label left out")
+    g.add_argument("--vote_mode", choices=VOTE_MODES, default="probability",
+                   help="FER+'s training modes: probability = a label drawn from the vote distribution each time "
+                        "an image is seen; crossentropy = the distribution itself as a soft target; majority = the "
+                        "majority label (validation always scores against the majority label)")
     return g
 
 
@@ -115,6 +124,12 @@ def check_distillation_args(args) -> None:
     if given and not args.teacher:
         raise FERError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --teacher CHECKPOINT "
                        "(the model to distil from)")
+
+
+def check_vote_args(args) -> None:
+    """--vote_mode only means something with --votes: refuse it alone rather than ignore it."""
+    if args.vote_mode != "probability" and not args.votes:
+        raise FERError(f"--vote_mode {args.vote_mode} needs --votes FILE (the FER+ votes to train on)")
 
 
 def last_checkpoint_path(output_model) -> Path:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from fer_common.errors import FERError
 from fer_common.preprocess import read_image, resize
+from fer_common.train.distributed import set_epoch
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -114,6 +115,28 @@ class MemoryLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             yield self.images[idx], self.labels[idx]
+
+
+class TargetLoader:
+    """A loader whose labels are positions in `targets`, yielding (images, targets[positions]) instead: soft
+    targets (vote distributions) ride through the loaders as row numbers. With `draw`, each batch gets one
+    class drawn from each row's distribution (FER+'s probability mode), fresh every time an image is seen."""
+
+    def __init__(self, loader, targets: torch.Tensor, draw: bool = False):
+        self.loader, self.targets, self.draw = loader, targets, draw
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int):
+        set_epoch(self.loader, epoch)
+
+    def __iter__(self):
+        for images, positions in self.loader:
+            targets = self.targets[positions]
+            if self.draw and len(targets):
+                targets = torch.multinomial(targets, 1).squeeze(1)
+            yield images, targets
 
 
 def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, seed=0, rank=0, world_size=1,

@@ -7,17 +7,12 @@ distillation in recipes, the process group in distributed, checkpoint surgery (-
 """
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from fer_common.datasets import folders
-from fer_common.train import loaders as fdata
 from fer_common.model.calibration import fit_calibration
 from fer_common.model.checkpoint import init_from_checkpoint, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_common.device import amp_dtype, autocast, clear_gpu_memory, grad_scaler, set_cpu_threads
@@ -27,10 +22,13 @@ from fer_common.errors import FERError
 from fer_common.files import write_json
 from fer_common.model.networks import count_parameters, create_model, default_preprocessing
 from fer_common.model.onnx_export import export_onnx
+from fer_common.datasets import ferplus, folders
 from fer_common.train.augmentation import augment_views
-from fer_common.preprocess import cache_size, normalize
+from fer_common.train.data import build_loaders, class_weights, seed_everything, split_dirs, votes_record
+from fer_common.preprocess import normalize
 from fer_common.train.recipes import ModelEma, Teachers, distillation_loss, mix_batch
-from fer_common.train.args import check_distillation_args, check_training_outputs, last_checkpoint_path, metrics_path
+from fer_common.train.args import (check_distillation_args, check_training_outputs, check_vote_args, last_checkpoint_path,
+                                   metrics_path)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -157,66 +155,7 @@ def calibrate(model, val_loader, device, prep, amp, log=print) -> dict:
     return result
 
 
-# ----------------------------------------------------------------------------- data and optimisation
-
-def class_weights(labels: torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    counts = torch.bincount(labels, minlength=num_classes).float().clamp_(min=1)
-    weights = counts.sum() / (num_classes * counts)
-    if mode == "sqrt":
-        weights = weights.sqrt()
-    return weights / (weights * counts).sum() * counts.sum()   # keeps the mean weight per image at 1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def split_dirs(dataset_path) -> tuple[Path, Path]:
-    """dataset_path/train_new and dataset_path/val_new, which validation_split.py makes."""
-    root = Path(dataset_path)
-    train_dir, val_dir = root / "train_new", root / "val_new"
-    for d in (train_dir, val_dir):
-        if not d.is_dir():
-            raise FERError(f"{d} not found: split the training set first with "
-                           f"'python validation_split.py --dataset_path {root}'")
-    return train_dir, val_dir
-
-
-def build_loaders(args, prep, rank, world_size, device, log):
-    """(train loader, val loader, class names, train labels): cached in memory as uint8, or streamed (--no_cache)."""
-    train_dir, val_dir = split_dirs(args.dataset_path)
-    train_samples, class_names = folders.list_samples(train_dir)
-    val_samples, _ = folders.list_samples(val_dir, class_names)
-    size, channels, pin = cache_size(prep["input_size"]), prep["channels"], device.type == "cuda"
-    if args.no_cache:
-        train = fdata.streaming_loader(train_samples, size, channels, args.batch_size, True, args.num_workers,
-                                       args.seed, rank, world_size, pin, drop_last=True)
-        val = fdata.streaming_loader(val_samples, size, channels, args.batch_size * 2, False, args.num_workers,
-                                     rank=rank, world_size=world_size, pin_memory=pin)
-        train_labels = torch.tensor([label for _, label in train_samples])
-    else:
-        quiet = rank != 0
-        timgs, train_labels, tbad = fdata.load_into_memory(train_samples, size, channels, args.num_workers, "caching train", quiet)
-        vimgs, vlabels, vbad = fdata.load_into_memory(val_samples, size, channels, args.num_workers, "caching val", quiet)
-        for bad in (tbad, vbad):
-            if bad:
-                log(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}")
-        if pin:
-            timgs, vimgs = timgs.pin_memory(), vimgs.pin_memory()
-        train = fdata.MemoryLoader(timgs, train_labels, args.batch_size, True, args.seed, rank, world_size, drop_last=True)
-        val = fdata.MemoryLoader(vimgs, vlabels, args.batch_size * 2, False, rank=rank, world_size=world_size)
-    if len(train) == 0:
-        raise FERError(f"--batch_size {args.batch_size} is larger than the {len(train_samples)} training images"
-                       f"{f' per process ({world_size} processes)' if world_size > 1 else ''}: no full batch to "
-                       f"train on; lower --batch_size")
-    log(f"data: {len(train_samples)} train / {len(val_samples)} val images in {len(class_names)} classes "
-        f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}")
-    return train, val, class_names, train_labels
-
+# ----------------------------------------------------------------------------- optimisation
 
 def make_scheduler(optimizer, args):
     if args.scheduler == "cosine":
@@ -257,6 +196,7 @@ class Run:
     rank: int = 0
     history: list = field(default_factory=list)
     start_epoch: int = 1
+    votes: dict | None = None               # the FER+ votes trained on (votes_record)
     val_loss_fn: torch.nn.Module = field(default_factory=torch.nn.CrossEntropyLoss)   # plain: comparable across settings
 
     @property
@@ -289,6 +229,8 @@ class Run:
     def checkpoint(self, epoch: int, metrics: dict, args, with_state: bool) -> dict:
         """The best-model file holds the validated weights; the last-state file the live weights and the state."""
         extra = {"epoch": epoch, "metrics": metrics, "args": dict(vars(args)), "history": self.history}
+        if self.votes:
+            extra["votes"] = self.votes
         if with_state:
             extra.update(self.state_dict())
         weights = self.model if with_state else self.validated
@@ -299,7 +241,9 @@ def start_model(args, model_type: str, model_config: dict, log):
     """The model to train: the --resume checkpoint's, or a fresh one (its features --init_from a trained model).
 
     Returns (model, model_config, preprocessing, the resumed checkpoint or None)."""
-    class_names, _ = folders.find_classes(split_dirs(args.dataset_path)[0])   # the data decide the classes
+    train_dir = split_dirs(args.dataset_path)[0]
+    # The data decide the classes: the folders, or with --votes FER+'s eight.
+    class_names = list(ferplus.CLASS_NAMES) if args.votes else folders.find_classes(train_dir)[0]
     if not args.resume:
         model = create_model(model_type, num_classes=len(class_names), **model_config)
         prep = default_preprocessing(model_type, model)
@@ -307,6 +251,15 @@ def start_model(args, model_type: str, model_config: dict, log):
             prep = init_from_checkpoint(model, args.init_from, model_type, model_config, class_names, log)
         return model, model_config, prep, None
     resume = load_checkpoint(args.resume, expected_type=model_type)
+    trained, asked = resume.get("votes"), votes_record(args)
+    if (trained or {}).get("mode") != (asked or {}).get("mode"):
+        def targets(v):
+            return f"FER+ votes ({v.get('file')}, --vote_mode {v.get('mode')})" if v else "the folders' labels"
+        raise FERError(f"{args.resume} was trained on {targets(trained)}, this run asks for {targets(asked)}: "
+                       f"give the same --votes and --vote_mode to resume")
+    if trained and trained.get("sha256") != asked["sha256"]:
+        log(f"warning: --votes {args.votes} is not the votes file {args.resume} started with ({trained.get('file')}): "
+            f"the targets change from here on")
     if resume["class_names"] != class_names:
         raise FERError(f"{args.resume} was trained on classes {', '.join(resume['class_names'])}, the data "
                        f"has {', '.join(class_names)}: to train on new classes, use --init_from instead")
@@ -322,7 +275,8 @@ def prepare_run(args, model_type: str, model_config: dict, rank: int, world_size
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opts = make_epoch_options(args, model, train_labels, class_names, prep, device)
     run = Run(model_type, model_config, class_names, prep, model, train_loader, val_loader, opts,
-              make_scheduler(opts.optimizer, args), EarlyStopping(args.patience, args.extra_epochs), rank)
+              make_scheduler(opts.optimizer, args), EarlyStopping(args.patience, args.extra_epochs), rank,
+              votes=votes_record(args))
     if resume is not None:
         run.load_state_dict(resume, args.resume, log)
     log(f"model: {model_type}, {count_parameters(model) / 1e6:.2f} M parameters, input "
@@ -362,6 +316,7 @@ def save_epoch(run: Run, args, row: dict, best: dict) -> None:
         save_checkpoint(run.checkpoint(row["epoch"], metrics, args, with_state=False), args.output_model)
     save_checkpoint(run.checkpoint(row["epoch"], metrics, args, with_state=True), last_checkpoint_path(args.output_model))
     write_json(metrics_path(args.output_model), {"model_type": run.model_type, "class_names": run.class_names,
+                                                 **({"votes": run.votes} if run.votes else {}),
                                                  "best": best, "history": run.history})
 
 
@@ -409,6 +364,7 @@ def train(args, model_type: str, model_config: dict) -> dict:
         if args.resume and args.init_from:
             raise FERError("--resume continues a run, --init_from starts a new one from a trained model: give one of them")
         check_distillation_args(args)
+        check_vote_args(args)
         check_training_outputs(args)
         run = prepare_run(args, model_type, model_config, rank, world_size, device, log)
         best = run_epochs(run, args, log)

@@ -76,7 +76,7 @@ def test_a_cluster_address_that_does_not_answer_is_one_line_in_seconds(tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    with pytest.raises(FERError, match=f"no Ray cluster answered there within 2 s"):
+    with pytest.raises(FERError, match="no Ray cluster answered there within 2 s"):
         check_cluster_address(f"127.0.0.1:{port}", timeout=2)
     assert time.monotonic() - start < 10
     for nonsense in ("nonsense", "host:", ":6379", "host:99999"):

@@ -15,7 +15,7 @@ from fer_common.train.loaders import MemoryLoader, load_into_memory
 from fer_common.train.early_stopping import EarlyStopping
 from fer_common.labels import EMOTIONS
 from fer_common.model.networks import FERNet, default_preprocessing
-from fer_common.train.loop import class_weights
+from fer_common.train.data import class_weights
 from helpers_models import train_briefly
 from synthetic import REPO, make_folder_dataset, run_script
 
