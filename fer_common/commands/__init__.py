@@ -19,5 +19,6 @@ COMMANDS = {
     "quantize": ("commands.quantize", None, "int8 quantization of an ONNX model"),
     "average": ("commands.average", None, "average the weights of fine-tuned models (a model soup)"),
     "web": ("commands.web", None, "serve the in-browser page on localhost"),
+    "serve": ("commands.serve", None, "FER as a service: an HTTP API for images, with dynamic batching"),
 }
 ALIASES = {"analyze": "analyse"}
