@@ -26,15 +26,11 @@ ADVANCED_PREPROCESSING = {"input_size": [224, 224], "channels": 3, "mean": IMAGE
 def decode_problem(data) -> str | None:
     """Why image bytes are refused before decoding: empty, or a header claiming more than MAX_IMAGE_PIXELS
     (decoding it could exhaust memory); None when they may be decoded. One rule for files and bodies."""
-    from fer_common.files import MAX_IMAGE_PIXELS, image_header_size
+    from fer_common.files import image_pixels_problem
 
     if not len(data):
         return "empty: no image bytes"
-    size = image_header_size(data)
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        return (f"the image claims {size[0]} x {size[1]} pixels, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} M "
-                f"pixels accepted")
-    return None
+    return image_pixels_problem(data)
 
 
 def decode_image(data, channels: int, bgr: bool = False) -> np.ndarray | None:

@@ -75,13 +75,15 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so that a taken port or a bad address is one line, not a traceback."""
+    """The listening socket, bound here so that a taken port or a bad address is one line, not a traceback, and
+    listening before the address is printed."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(2048)       # from now on connections wait in the backlog until the server takes them
     except OSError as e:
         raise FERError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --port or --host") from None
     sock.set_inheritable(True)
@@ -95,22 +97,30 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def main(args):
-    # The server stack is the [serve] extra: a missing module is one line naming it (cli.one_line_errors).
-    import python_multipart  # noqa: F401   Starlette parses forms with it, imported here to fail now, not later
-    import uvicorn
+def token_of(args) -> str | None:
+    return args.token or os.environ.get("FER_TOKEN") or None
 
+
+def app_from_args(args, log=print):
+    """The application the flags describe: the model and detectors loaded, the limits and access set."""
     from fer_common.commands.serve_app import Service, ServeOptions, make_app
 
-    token = args.token or os.environ.get("FER_TOKEN") or None
-    if not is_loopback(args.host) and token is None:
-        print(f"warning: listening on {args.host} without a token: anyone who reaches this machine can use the "
-              f"model; set FER_TOKEN (or --token)", file=sys.stderr)
-    predictor = predictor_from_args(args, fast=True)
+    predictor = predictor_from_args(args, log=log, fast=True)
     predictor.set_threads()
     service = Service(predictor, lambda: detector_from_args(args), args.tta, args.workers, args.max_faces,
                       args.max_wait_ms, detector_name=args.detector)
-    app = make_app(service, ServeOptions(args.max_bytes, args.max_queue, token, tuple(args.cors)))
+    return make_app(service, ServeOptions(args.max_bytes, args.max_queue, token_of(args), tuple(args.cors)))
+
+
+def main(args):
+    # The server stack is the [serve] extra: a missing module is one line naming it (cli.one_line_errors).
+    import python_multipart  # noqa: F401   Starlette parses forms with it: imported here to fail now, not later
+    import uvicorn
+
+    if not is_loopback(args.host) and token_of(args) is None:
+        print(f"warning: listening on {args.host} without a token: anyone who reaches this machine can use the "
+              f"model; set FER_TOKEN (or --token)", file=sys.stderr)
+    app = app_from_args(args)
     sock = bind(args.host, args.port)
     # The process is the script's: access lines to stderr, one per request; uvicorn's own only when it warns.
     handler = logging.StreamHandler(sys.stderr)
@@ -126,13 +136,12 @@ def main(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: stopped.append(signal.Signals(number).name))
     print(f"fer serve: {url_of(sock)} (POST /v1/analyse, /v1/analyse/batch; GET /v1/model, /health, /metrics, "
-          f"/ the page){' with a token' if token else ''}; SIGTERM or Ctrl-C stops after the requests in flight",
-          flush=True)
+          f"/ the page){' with a token' if token_of(args) else ''}; SIGTERM or Ctrl-C stops after the requests in "
+          f"flight", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        service.close()
     print(f"fer serve: stopped{f' ({stopped[0]})' if stopped else ''}", file=sys.stderr)
     return 0
 

@@ -179,7 +179,7 @@ def make_app(service: Service, options: ServeOptions | None = None) -> Starlette
             async with admission:
                 images = await request_images(request, options.max_bytes, batch)
                 if not batch and not images[0][0]:
-                    raise ServeError(400, "empty body: send the image's bytes")
+                    raise ServeError(400, "the image is empty (0 bytes): send the image's bytes")
                 if await request.is_disconnected():
                     return Response(status_code=499)        # gone before its image was read: nothing analysed
                 results = await admission.run(service.analyse, images, detect)
