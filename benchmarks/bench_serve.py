@@ -30,10 +30,12 @@ if __package__ in (None, ""):          # run as `python benchmarks/bench_serve.p
 from fer_common.cli import int_range, make_parser, run_main  # noqa: E402
 from fer_common.files import write_json  # noqa: E402
 
-from benchmarks.bench_bulk import make_crops, make_photos, run_cli  # noqa: E402
+from benchmarks.bench_bulk import make_crops, make_photos, run_cli_cpu  # noqa: E402
 from benchmarks.common import REPO, busy_processes, fmt, table  # noqa: E402
 
 URL_LINE = re.compile(r"fer serve: http://([\d.]+):(\d+)/")
+# (--max_faces, --max_wait_ms) settings of the sweep that chose the defaults.
+SWEEP = ((32, 0), (32, 1), (32, 2), (32, 5), (8, 0), (16, 0), (64, 0), (64, 2))
 
 
 class Server:
@@ -140,11 +142,12 @@ def read_files(folder: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
-def bulk_row(folder: Path, argv: list, out: Path) -> dict:
-    """inference.py on the folder, as a user types it: its own rate (start-up left out) and the whole process."""
-    r = run_cli([folder, *argv], out)
+def bulk_row(folder: Path, argv: list, out: Path, one: Path) -> dict:
+    """inference.py on the folder, as a user types it: its own rate (start-up left out), the whole process's, and
+    CPU ms per image (less a one-image run's: start-up), the figure that holds up on a shared machine."""
+    r = run_cli_cpu([folder, *argv], out, one)
     return {"images_per_s": r["images_per_s"], "whole_process_images_per_s": r["images"] / r["wall_s"],
-            "images": r["images"], "peak_rss_mb": r["peak_rss_mb"]}
+            "images": r["images"], "peak_rss_mb": r["peak_rss_mb"], "cpu_ms_per_image": r["cpu_ms_per_image"]}
 
 
 def served(workdir: Path, bodies: list, args, requests: int, detect: bool, content_type: str, extra=(),
@@ -201,35 +204,36 @@ def main(args):
         crops_dir, photos_dir = make_crops(workdir / "crops", args.crops), make_photos(workdir / "photos", args.photos)
         crops, photos = read_files(crops_dir), read_files(photos_dir)
         print(f"bulk: inference.py on {len(crops)} crops and {len(photos)} photos", flush=True)
-        bulk = bulk_row(crops_dir, ["--recursive", "--no_detect"], workdir / "out.jsonl")
-        bulk_photos = bulk_row(photos_dir, [], workdir / "out_photos.jsonl")
+        one_crop, one_photo = make_crops(workdir / "one_crop", 1), make_photos(workdir / "one_photo", 1)
+        bulk = bulk_row(crops_dir, ["--recursive", "--no_detect"], workdir / "out.jsonl", one_crop)
+        bulk_photos = bulk_row(photos_dir, [], workdir / "out_photos.jsonl", one_photo)
         print(f"serve: {len(crops)} crops from {args.clients} clients, then {args.memory_requests} for memory",
               flush=True)
         serve = served(workdir, crops, args, len(crops), False, "image/png", memory_requests=args.memory_requests)
         serve_photos = served(workdir, photos, args, len(photos), True, "image/jpeg")
         sweep = []
-        for faces, wait in ((32, 0), (32, 2), (32, 5), (8, 2), (64, 2))[:5 if args.sweep_requests else 0]:
+        for faces, wait in SWEEP if args.sweep_requests else ():
             print(f"sweep: --max_faces {faces} --max_wait_ms {wait}", flush=True)
             sweep.append({"max_faces": faces, "max_wait_ms": wait,
                           **served(workdir, crops, args, args.sweep_requests, False, "image/png",
                                    ["--max_faces", faces, "--max_wait_ms", wait])})
     load_end = os.getloadavg()
-    rows = [["48x48 crops, bulk: inference.py DIR --recursive --no_detect --output out.jsonl", fmt(bulk["images_per_s"], 0),
-             fmt(bulk["whole_process_images_per_s"], 0), "-", "-", "-", "-", fmt(bulk["peak_rss_mb"], 0)],
+    rows = [bulk_table_row("48x48 crops, bulk: inference.py DIR --recursive --no_detect --output out.jsonl", bulk),
             served_row(f"48x48 crops, fer serve, ?detect=false, {args.clients} clients", serve),
-            ["640x480 photos, bulk: inference.py DIR --output out.jsonl", fmt(bulk_photos["images_per_s"], 0),
-             fmt(bulk_photos["whole_process_images_per_s"], 0), "-", "-", "-", "-", fmt(bulk_photos["peak_rss_mb"], 0)],
+            bulk_table_row("640x480 photos, bulk: inference.py DIR --output out.jsonl", bulk_photos),
             served_row(f"640x480 photos, fer serve, detection on, {args.clients} clients", serve_photos)]
-    text = table(["run", "images / s", "whole process images / s", "p50 / p90 / p99 ms", "faces / batch",
-                  "requests / batch", "batches of <= 4 faces", "RSS MB"], rows)
+    text = table(["run", "images / s", "whole process images / s", "CPU ms / image", "p50 / p90 / p99 ms",
+                  "faces / batch", "requests / batch", "batches of <= 4 faces", "RSS MB"], rows)
     ratio = serve["images_per_s"] / bulk["images_per_s"]
     text += (f"\n\nServer / bulk on crops: {ratio:.2f} (target: at least 0.5). Load average "
              f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end"
              + (" (a training run shared the CPU)" if busy else "") + ".")
     if sweep:
-        text += "\n\n" + table(["--max_faces", "--max_wait_ms", "images / s", "p50 / p90 / p99 ms", "faces / batch"],
-                               [[s["max_faces"], s["max_wait_ms"], fmt(s["images_per_s"], 0), percentiles(s),
-                                 fmt(s["faces_per_batch"], 1)] for s in sweep])
+        text += "\n\n" + table(["--max_faces", "--max_wait_ms", "images / s", "CPU ms / image", "p50 / p90 / p99 ms",
+                                "faces / batch"],
+                               [[s["max_faces"], s["max_wait_ms"], fmt(s["images_per_s"], 0),
+                                 fmt(s["cpu_ms_per_image"], 3), percentiles(s), fmt(s["faces_per_batch"], 1)]
+                                for s in sweep])
     if serve.get("memory"):
         text += "\n\n" + table(["requests (crops)", "RSS MB", "peak RSS MB"],
                                [[m["requests"], fmt(m["rss_mb"], 0), fmt(m["peak_rss_mb"], 0)] for m in serve["memory"]])
@@ -248,8 +252,13 @@ def percentiles(row: dict) -> str:
 def served_row(label: str, r: dict) -> list:
     share = r["batches_of_4_or_fewer"]
     return [label + (f" ({r['errors']} errors)" if r["errors"] else ""), fmt(r["images_per_s"], 0), "-",
-            percentiles(r), fmt(r["faces_per_batch"], 1), fmt(r["requests_per_batch"], 1),
-            "-" if share is None else f"{share:.0%}", fmt(r["rss_mb"], 0)]
+            fmt(r["cpu_ms_per_image"], 3), percentiles(r), fmt(r["faces_per_batch"], 1),
+            fmt(r["requests_per_batch"], 1), "-" if share is None else f"{share:.0%}", fmt(r["rss_mb"], 0)]
+
+
+def bulk_table_row(label: str, r: dict) -> list:
+    return [label, fmt(r["images_per_s"], 0), fmt(r["whole_process_images_per_s"], 0), fmt(r["cpu_ms_per_image"], 3),
+            "-", "-", "-", "-", fmt(r["peak_rss_mb"], 0)]
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def metric(client, name: str) -> float:
 
 def test_a_full_queue_answers_503_with_retry_after():
     gated = Gated()
-    with TestClient(make_app(Service(gated, None, tta=True), ServeOptions(max_queue=1))) as c:
+    with TestClient(make_app(Service(gated, None, tta=True), ServeOptions(max_bytes=1 << 20, max_queue=1))) as c:
         first = []
         thread = threading.Thread(target=lambda: first.append(
             c.post("/v1/analyse?detect=false", content=png_bytes(pattern(0, np.random.default_rng(0))),
@@ -286,6 +286,18 @@ def request(port, method, path, body=None, headers=None):
     data = r.read()
     conn.close()
     return r.status, data
+
+
+def test_a_host_beyond_this_machine_without_a_token_is_warned_about(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("FER_TOKEN", None)
+    argv = [sys.executable, "-m", "fer_common", "serve", "--port", "0", "--checkpoint", tmp_path / "missing.onnx"]
+    for host, token, warned in (("0.0.0.0", None, True), ("0.0.0.0", "t", False), ("127.0.0.1", None, False)):
+        r = subprocess.run(list(map(str, argv + ["--host", host])), cwd=tmp_path, capture_output=True, text=True,
+                           env={**env, "FER_TOKEN": token} if token else env, timeout=120)
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: model file not found")
+        assert ("warning: listening on 0.0.0.0 without a token" in r.stderr) == warned, r.stderr
+    assert serve.is_loopback("localhost") and serve.is_loopback("::1") and not serve.is_loopback("192.168.1.2")
 
 
 def test_a_real_server_refuses_before_reading_survives_leavers_and_drains_on_sigterm(tmp_path):

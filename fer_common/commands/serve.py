@@ -22,13 +22,11 @@ import sys
 
 from fer_common import cli
 from fer_common.errors import FERError
+from fer_common.infer.batcher import DEFAULT_MAX_FACES, DEFAULT_MAX_WAIT_MS
 from fer_common.infer.bulk import default_workers
 from fer_common.infer.detection import add_detector_args, detector_from_args
 from fer_common.infer.predictor import add_predictor_args, predictor_from_args
 
-# Measured with benchmarks/bench_serve.py (benchmarks/README.md, FER as a service).
-DEFAULT_MAX_FACES = 32
-DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 

@@ -1,7 +1,7 @@
 """The web application of `fer serve`: one loaded model behind HTTP, with requests that arrive together
 classified together.
 
-    app = make_app(Service(predictor, lambda: FaceDetector("yunet"), tta=True), ServeOptions(token="s3cret"))
+    app = make_app(Service(predictor, lambda: FaceDetector("yunet"), tta=True), ServeOptions(max_bytes=20 << 20, max_queue=64, token="s3cret"))
     # then any ASGI server: uvicorn.run(app) (fer serve does), or starlette.testclient.TestClient(app)
 
 Why Starlette on Uvicorn: the endpoints take an image's bytes and answer with Result.to_dict, which is already
@@ -37,7 +37,7 @@ from fer_common.commands.serve_http import (AccessLog, BearerAuth, Metrics, Serv
                                             error_response, flag, limited, log)
 from fer_common.errors import FERError
 from fer_common.files import printable
-from fer_common.infer.batcher import DynamicBatcher
+from fer_common.infer.batcher import DEFAULT_MAX_FACES, DEFAULT_MAX_WAIT_MS, DynamicBatcher
 from fer_common.infer.bulk import analyse_images, decode_for
 from fer_common.infer.detection import DetectorPool
 from fer_common.infer.writers import provenance
@@ -53,9 +53,9 @@ UNREADABLE_WHY = "not an image OpenCV can read, or a truncated or damaged one"
 
 @dataclass
 class ServeOptions:
-    """The server's settings (fer serve's flags)."""
-    max_bytes: int = 20 * 1024 * 1024     # the largest body accepted
-    max_queue: int = 64                   # analysis requests admitted at once; more are answered 503
+    """The server's settings: fer serve's flags, where their defaults are."""
+    max_bytes: int                        # the largest body accepted
+    max_queue: int                        # analysis requests admitted at once; more are answered 503
     token: str | None = None              # with a token, requests need `Authorization: Bearer <token>`
     cors: tuple = ()                      # origins allowed to call from a browser (none: no CORS headers)
 
@@ -68,7 +68,8 @@ class Service:
     """
 
     def __init__(self, predictor, make_detector: Callable | None = None, tta: bool = False, workers: int = 2,
-                 max_faces: int = 32, max_wait_ms: float = 2.0, detector_name: str | None = None):
+                 max_faces: int = DEFAULT_MAX_FACES, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+                 detector_name: str | None = None):
         self.predictor = predictor
         self.metrics = Metrics()
         self.batcher = DynamicBatcher(predictor, max_faces, max_wait_ms, on_batch=self.metrics.on_batch)
@@ -160,8 +161,7 @@ class Admission:
         return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
 
 
-def make_app(service: Service, options: ServeOptions | None = None) -> Starlette:
-    options = options or ServeOptions()
+def make_app(service: Service, options: ServeOptions) -> Starlette:
     admission = Admission(options.max_queue, service.metrics)
     try:
         web.check_web_files()

@@ -1,6 +1,6 @@
 """Dynamic batching: the face crops of callers on many threads, classified together in one forward pass.
 
-    batcher = DynamicBatcher(predictor, max_faces=32, max_wait_ms=2)
+    batcher = DynamicBatcher(predictor, max_faces=32, max_wait_ms=1)
     analyse_images(batcher, images, detector)     # on many threads at once: to each, the batcher is the predictor
     batcher.close()                               # classifies what is queued, then stops
 
@@ -19,6 +19,10 @@ from collections import deque
 
 from fer_common.errors import FERError
 from fer_common.infer.predictor import Prediction
+
+# Chosen with benchmarks/bench_serve.py's sweep (benchmarks/README.md, FER as a service).
+DEFAULT_MAX_FACES = 32
+DEFAULT_MAX_WAIT_MS = 1.0
 
 
 class _Call:
@@ -39,7 +43,8 @@ class DynamicBatcher:
     on_batch: called after each forward pass with (faces, calls, seconds): for metrics.
     """
 
-    def __init__(self, predictor, max_faces: int = 32, max_wait_ms: float = 2.0, on_batch=None):
+    def __init__(self, predictor, max_faces: int = DEFAULT_MAX_FACES, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+                 on_batch=None):
         if int(max_faces) < 1:
             raise FERError(f"max_faces must be at least 1, not {max_faces}")
         if not max_wait_ms >= 0:
