@@ -43,8 +43,10 @@ class Server:
 
     def __init__(self, extra: list, log_path: Path):
         self.log = open(log_path, "w")
+        # In the run's folder, as inference.py runs: no fer_model.pth of the checkout's is picked up.
         self.proc = subprocess.Popen([sys.executable, "-m", "fer_common", "serve", "--port", "0", *map(str, extra)],
-                                     cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                     cwd=log_path.parent, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         deadline = time.time() + 120
         for line in self.proc.stdout:
             match = URL_LINE.search(line)
@@ -52,8 +54,11 @@ class Server:
                 self.host, self.port = match.group(1), int(match.group(2))
                 break
             if time.time() > deadline:
-                break
+                self.proc.kill()
+                raise RuntimeError(f"fer serve did not start within 120 s: see {log_path}")
         else:
+            self.proc.kill()
+            self.proc.wait()
             raise RuntimeError(f"fer serve did not start: see {log_path}")
 
     def memory_mb(self) -> tuple[float, float]:

@@ -275,7 +275,10 @@ def start_server(tmp_path, *flags):
                             text=True)
     lines = [proc.stdout.readline() for _ in range(2)]           # the model line, then the address
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", lines[-1])
-    assert match, (lines, (tmp_path / "serve.log").read_text())
+    if not match:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"fer serve did not start: {lines} {(tmp_path / 'serve.log').read_text()}")
     return proc, int(match.group(1)), stderr
 
 
