@@ -9,8 +9,9 @@ each sent as soon as the previous answer came). Inputs are made in a temporary f
 them: 48x48 gray PNG crops of the test face (sent with ?detect=false) and 640x480 JPEG photos with one or two
 faces (detection on). The bulk row is `inference.py DIR --recursive --no_detect --output out.jsonl` on the same
 crops (its summary line's images/s, start-up left out, and the whole process timed from outside). Batch sizes
-come from the server's /metrics (fer_batch_faces), memory from /proc. The load average is printed with the
-figures: on a shared machine they are depressed, so compare rows of one run.
+come from the server's /metrics (fer_batch_faces), memory and CPU time from /proc: CPU ms / image (the server
+process's, the clients' not counted; the bulk run's less a one-image run's) holds up on a busy machine where
+images/s does not. The load average is printed with the figures: compare rows of one run.
 """
 
 import asyncio
