@@ -241,8 +241,8 @@ def main(args):
                                  fmt(s["cpu_ms_per_image"], 3), percentiles(s), fmt(s["faces_per_batch"], 1)]
                                 for s in sweep])
     if serve.get("memory"):
-        text += "\n\n" + table(["requests (crops)", "RSS MB", "peak RSS MB"],
-                               [[m["requests"], fmt(m["rss_mb"], 0), fmt(m["peak_rss_mb"], 0)] for m in serve["memory"]])
+        memory = [[m["requests"], fmt(m["rss_mb"], 0), fmt(m["peak_rss_mb"], 0)] for m in serve["memory"]]
+        text += "\n\n" + table(["requests (crops)", "RSS MB", "peak RSS MB"], memory)
     print(text)
     if args.json:
         write_json(args.json, {"load_avg": [load_start[0], load_end[0]], "training_running": busy, "bulk": bulk,

@@ -91,7 +91,8 @@ def test_a_face_crop_with_detect_false_and_a_batch_in_order(client, tmp_path):
     for i, c in enumerate(crops):
         path = tmp_path / f"crop{i}.png"
         path.write_bytes(png_bytes(c))
-        expected.append(analyse_images(predictor, [(read_for(predictor, path, False), path.name)], None)[0].to_dict(False))
+        image = read_for(predictor, path, False)
+        expected.append(analyse_images(predictor, [(image, path.name)], None)[0].to_dict(False))
     one = client.post("/v1/analyse?detect=false", files={"image": ("crop0.png", png_bytes(crops[0]), "image/png")})
     assert one.json() == expected[0] and one.json()["faces"][0]["score"] is None
     files = [("image", (f"crop{i}.png", png_bytes(c), "image/png")) for i, c in enumerate(crops)]

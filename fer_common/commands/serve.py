@@ -112,8 +112,8 @@ def app_from_args(args, log=print):
 
 def main(args):
     # The server stack is the [serve] extra: a missing module is one line naming it (cli.one_line_errors).
-    import python_multipart  # noqa: F401   Starlette parses forms with it: imported here to fail now, not later
     import uvicorn
+    import python_multipart  # noqa: F401   Starlette parses forms with it: imported here to fail now, not later
 
     if not is_loopback(args.host) and token_of(args) is None:
         print(f"warning: listening on {args.host} without a token: anyone who reaches this machine can use the "
@@ -140,6 +140,8 @@ def main(args):
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if not server.started:
+        raise FERError("the server did not start (see uvicorn's message above)")
     print(f"fer serve: stopped{f' ({stopped[0]})' if stopped else ''}", file=sys.stderr)
     return 0
 

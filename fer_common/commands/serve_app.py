@@ -1,7 +1,8 @@
 """The web application of `fer serve`: one loaded model behind HTTP, with requests that arrive together
 classified together.
 
-    app = make_app(Service(predictor, lambda: FaceDetector("yunet"), tta=True), ServeOptions(max_bytes=20 << 20, max_queue=64, token="s3cret"))
+    service = Service(predictor, lambda: FaceDetector("yunet"), tta=True)      # one detector per --workers slot
+    app = make_app(service, ServeOptions(max_bytes=20 << 20, max_queue=64, token="s3cret"))
     # then any ASGI server: uvicorn.run(app) (fer serve does), or starlette.testclient.TestClient(app)
 
 Why Starlette on Uvicorn: the endpoints take an image's bytes and answer with Result.to_dict, which is already
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -206,8 +208,6 @@ def make_app(service: Service, options: ServeOptions) -> Starlette:
         return JSONResponse(service.model)
 
     async def metrics(request):
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def page(request):
