@@ -119,17 +119,16 @@ class DynamicBatcher:
             t0 = time.perf_counter()
             try:
                 p = self.predictor.predict(crops, batch[0].bgr)
+                if self.on_batch is not None:
+                    self.on_batch(len(crops), len(batch), time.perf_counter() - t0)
             except Exception as e:               # every caller of the batch hears of it; the thread goes on
                 for call in batch:
                     call.error = e
                     call.done.set()
                 continue
-            seconds = time.perf_counter() - t0
             k = 0
             for call in batch:
                 n = len(call.crops)
                 call.result = Prediction(p.probabilities[k:k + n], p.embeddings[k:k + n])
                 k += n
                 call.done.set()
-            if self.on_batch is not None:
-                self.on_batch(len(crops), len(batch), seconds)
