@@ -7,10 +7,12 @@ The package face (this module) names the public objects; each lives in one modul
 package map). Base modules at the top import only each other and never PyTorch; the sub-packages:
     model/      networks, their flags, the checkpoint, ONNX export, int8 quantization, calibration, averaging
     datasets/   FER-2013 download and import, the class-folder walk, the validation split
-    infer/      the predictor, face detection, folders in batches (local, Ray), result files, the overlay
+    infer/      the predictor, face detection, folders in batches (local, Ray), result files, the overlay,
+                the dynamic batcher (fer serve)
     train/      the training loop, its flags, loaders, augmentation, recipes, early stopping, torchrun
     video/      options, source, pipeline, sinks, window, run loop, tracking, per-face summaries
-    commands/   every command line (`fer NAME` and the top-level scripts) and the browser page's server
+    commands/   every command line (`fer NAME` and the top-level scripts), the browser page's server and the
+                HTTP service (fer serve: serve_app, serve_http)
     compat/     the `fer` and deepface packages' APIs on this toolkit: their code runs with one changed import
 """
 

@@ -227,22 +227,28 @@ def quiet_native_logs() -> None:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-# What the light install (pip install .) leaves out and the [train] extra brings.
-TRAIN_EXTRA_MODULES = ("torch", "torchvision", "timm", "onnx", "onnxscript")
+# What the light install (pip install .) leaves out, by the extra that brings it: [train] PyTorch and export,
+# [serve] the web server stack of `fer serve` (Starlette on Uvicorn, prometheus_client, python-multipart).
+EXTRA_MODULES = {
+    "train": ("torch", "torchvision", "timm", "onnx", "onnxscript"),
+    "serve": ("starlette", "uvicorn", "prometheus_client", "python_multipart", "multipart", "anyio", "h11"),
+}
+TRAIN_EXTRA_MODULES = EXTRA_MODULES["train"]
 
 
 def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
-    """One line for a module of the [train] extra that is not installed; None for any other missing module."""
+    """One line for a module of an extra ([train], [serve]) that is not installed; None for any other module."""
     name = (e.name or "").split(".")[0]
-    if name not in TRAIN_EXTRA_MODULES:
+    extra = next((extra for extra, modules in EXTRA_MODULES.items() if name in modules), None)
+    if extra is None:
         return None
     what = "PyTorch" if name.startswith("torch") else name
-    return f"{prog} needs {what}, which the light install leaves out: pip install 'fer-toolkit[train]'"
+    return f"{prog} needs {what}, which the light install leaves out: pip install 'fer-toolkit[{extra}]'"
 
 
 @contextlib.contextmanager
 def one_line_errors(prog: str = "fer"):
-    """Turn FERError, a missing [train] module, Ctrl-C, a closed pipe or an OS error into one line and an exit
+    """Turn FERError, a missing module of an extra, Ctrl-C, a closed pipe or an OS error into one line and an exit
     code. Anything else still ends in one line (asking for a report), never a traceback."""
     try:
         yield

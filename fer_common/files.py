@@ -51,19 +51,45 @@ def writable_image_extension(suffix: str) -> bool:
 def image_header_size(data) -> tuple[int, int] | None:
     """(width, height) an image file's header claims, read without decoding the pixels; None if unknown."""
     try:
+        return _header_size(data)
+    except Exception:   # Pillow does not know the format, the header is damaged, or it claims gigapixels
+        return None
+
+
+def image_pixels_problem(data) -> str | None:
+    """Why an image is refused undecoded for the size its header claims (more than MAX_IMAGE_PIXELS: decoding
+    could exhaust memory); None when within the limit or unknown (then OpenCV decides, with its own limit)."""
+    import re
+
+    try:
+        size = _header_size(data)
+    except Exception as e:
+        # Pillow refuses to open a header over twice its own limit, naming the pixels it claims.
+        claimed = re.search(r"\((\d+) pixels\)", str(e)) if type(e).__name__ == "DecompressionBombError" else None
+        if claimed is None:
+            return None
+        pixels, what = int(claimed.group(1)), f"{int(claimed.group(1)):,} pixels"
+    else:
+        if size is None:
+            return None
+        pixels, what = size[0] * size[1], f"{size[0]} x {size[1]} pixels"
+    if pixels <= MAX_IMAGE_PIXELS:
+        return None
+    return f"the image claims {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} M pixels accepted"
+
+
+def _header_size(data) -> tuple[int, int] | None:
+    try:
         from PIL import Image
     except ImportError:
         return None
     import io
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(bytes(data[:1 << 20]) if len(data) > 1 << 20 else bytes(data))) as im:
-                return im.size
-    except Exception:   # Pillow does not know the format, or the header is damaged: OpenCV decides
-        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(bytes(data[:1 << 20]) if len(data) > 1 << 20 else bytes(data))) as im:
+            return im.size
 
 
 def write_image(path, image, params=()) -> None:

@@ -23,11 +23,30 @@ DEFAULT_PREPROCESSING = {"input_size": [48, 48], "channels": 1, "mean": [0.5], "
 ADVANCED_PREPROCESSING = {"input_size": [224, 224], "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
-def image_size_ok(data) -> bool:
-    from fer_common.files import MAX_IMAGE_PIXELS, image_header_size
+def decode_problem(data) -> str | None:
+    """Why image bytes are refused before decoding: empty, or a header claiming more than MAX_IMAGE_PIXELS
+    (decoding it could exhaust memory); None when they may be decoded. One rule for files and bodies."""
+    from fer_common.files import image_pixels_problem
 
-    size = image_header_size(data)
-    return size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS
+    if not len(data):
+        return "empty: no image bytes"
+    return image_pixels_problem(data)
+
+
+def decode_image(data, channels: int, bgr: bool = False) -> np.ndarray | None:
+    """Decode image bytes (a file's, or a request body's) as read_image does; None if refused (decode_problem)
+    or unreadable (not an image, truncated, damaged)."""
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if decode_problem(data) is not None:
+        return None
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    try:
+        image = cv2.imdecode(data, flag)
+    except cv2.error:   # OpenCV raises, rather than returning None, for some damaged files
+        return None
+    if image is not None and channels == 3 and not bgr:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def read_image(path, channels: int, bgr: bool = False) -> np.ndarray | None:
@@ -40,16 +59,7 @@ def read_image(path, channels: int, bgr: bool = False) -> np.ndarray | None:
         data = np.fromfile(str(path), dtype=np.uint8)
     except (OSError, ValueError):
         return None
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    if not data.size or not image_size_ok(data):
-        return None     # empty, or a header claiming gigapixels: decoding it could exhaust memory
-    try:
-        image = cv2.imdecode(data, flag)
-    except cv2.error:   # OpenCV raises, rather than returning None, for some damaged files
-        return None
-    if image is not None and channels == 3 and not bgr:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    return decode_image(data, channels, bgr)
 
 
 def to_channels(image: np.ndarray, channels: int, bgr: bool = True) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The command lines of the toolkit, one module each (get_args_parser() and main(args)).
 
 `fer NAME ...` (fer_common.__main__) and the top-level scripts of a checkout run the same module, so both
-take the same flags: `fer analyse photo.jpg` is `python inference.py photo.jpg`.
+take the same flags: `fer analyse photo.jpg` is `python inference.py photo.jpg`. A command too big for one
+module keeps the rest beside it: `fer serve`'s web application is serve_app (routes) and serve_http (metrics,
+access log, tokens, body limits), loaded by serve.main only, so `fer serve --help` needs no web stack.
 """
 
 # subcommand -> (module under fer_common, the checkout's script that runs the same, what it does)
@@ -19,5 +21,6 @@ COMMANDS = {
     "quantize": ("commands.quantize", None, "int8 quantization of an ONNX model"),
     "average": ("commands.average", None, "average the weights of fine-tuned models (a model soup)"),
     "web": ("commands.web", None, "serve the in-browser page on localhost"),
+    "serve": ("commands.serve", None, "FER as a service: an HTTP API for images, with dynamic batching"),
 }
 ALIASES = {"analyze": "analyse"}

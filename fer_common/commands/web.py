@@ -71,6 +71,15 @@ TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "applicat
          ".json": "application/json"}
 
 
+def page_headers(path: Path) -> dict:
+    """The headers a page file is served with (here and by fer serve): its type, no caching, and cross-origin
+    isolation, which lets ONNX Runtime Web use threads (SharedArrayBuffer); a static host without them still
+    works, on one thread."""
+    return {"Content-Type": TYPES.get(path.suffix, mimetypes.guess_type(path.name)[0] or "application/octet-stream"),
+            "Cache-Control": "no-cache", "Cross-Origin-Opener-Policy": "same-origin",
+            "Cross-Origin-Embedder-Policy": "require-corp", "Cross-Origin-Resource-Policy": "same-origin"}
+
+
 def check_web_files() -> None:
     """A clear error before serving a page that could not run."""
     if not (WEB_DIR / "index.html").is_file():
@@ -82,6 +91,15 @@ def check_web_files() -> None:
         if not (SHIPPED_MODELS_DIR / name).is_file():
             raise FERError(f"the shipped model {SHIPPED_MODELS_DIR / name} is missing: restore it with "
                            f"`git checkout -- models/{name}`")
+
+
+# Where the page is; the server's root and /web redirect there, so the page's relative URLs resolve as on a
+# static host.
+PAGE_URL = "/web/"
+
+
+def is_page_root(url_path: str) -> bool:
+    return urlsplit(url_path).path in ("", "/", "/web")
 
 
 def resolve(url_path: str) -> Path | None:
@@ -100,8 +118,7 @@ def resolve(url_path: str) -> Path | None:
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """GET / HEAD of the page's files; / goes to /web/. Cross-origin isolation headers let ONNX Runtime Web use
-    threads (SharedArrayBuffer); a static host without them still works, on one thread."""
+    """GET / HEAD of the page's files (resolve, page_headers); / goes to /web/."""
 
     server_version = "fer-web"
     quiet = False
@@ -113,9 +130,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(body=False)
 
     def _send(self, body: bool):
-        if urlsplit(self.path).path in ("", "/", "/web"):
-            self.send_response(302)      # to /web/, so that the page's relative URLs resolve as on a static host
-            self.send_header("Location", "/web/")
+        if is_page_root(self.path):
+            self.send_response(302)
+            self.send_header("Location", PAGE_URL)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -125,13 +142,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         data = path.read_bytes()
         self.send_response(200)
-        self.send_header("Content-Type", TYPES.get(path.suffix, mimetypes.guess_type(path.name)[0]
-                                                   or "application/octet-stream"))
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        for name, value in page_headers(path).items():
+            self.send_header(name, value)
         self.end_headers()
         if body:
             self.wfile.write(data)

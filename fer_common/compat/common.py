@@ -12,12 +12,11 @@ import threading
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from fer_common.errors import FERError
 from fer_common.labels import EMOTIONS, canonical_name
-from fer_common.preprocess import image_size_ok
+from fer_common.preprocess import decode_image
 
 _noted: set[str] = set()
 _noted_lock = threading.Lock()
@@ -95,13 +94,7 @@ def peer_image(img, error=FERError):
 
 
 def _decode(data: bytes, what: str, error) -> np.ndarray:
-    array = np.frombuffer(data, np.uint8)
-    image = None
-    if array.size and image_size_ok(array):       # a header claiming gigapixels is refused, as for files
-        try:
-            image = cv2.imdecode(array, cv2.IMREAD_COLOR)
-        except cv2.error:
-            image = None
+    image = decode_image(data, 3, bgr=True)       # the toolkit's one decode (a gigapixel header is refused)
     if image is None:
         raise error(f"cannot decode {what} as an image")
     return image

@@ -28,7 +28,7 @@ from fer_common.errors import FERError
 from fer_common.infer.detection import crop_faces
 from fer_common.device import cpu_count
 from fer_common.files import IMAGE_EXTENSIONS, is_image_name
-from fer_common.preprocess import read_image, small_input
+from fer_common.preprocess import decode_image, read_image, small_input
 from fer_common.results import UNREADABLE, Result, make_result
 
 # Faces per forward pass: the int8 48x48 model's time per face is flat from batch 8 up (benchmarks/README.md,
@@ -106,6 +106,11 @@ def decode_channels(predictor, detect: bool) -> int:
 def read_for(predictor, path, detect: bool) -> np.ndarray | None:
     """An image file decoded as the model will see it (decode_channels); None when unreadable."""
     return read_image(path, decode_channels(predictor, detect), bgr=True)
+
+
+def decode_for(predictor, data, detect: bool) -> np.ndarray | None:
+    """Image bytes (a request body: fer serve) decoded as read_for decodes a file; None when unreadable."""
+    return decode_image(data, decode_channels(predictor, detect), bgr=True)
 
 
 def analyse_images(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,

@@ -277,3 +277,28 @@ def detector_settings(args) -> dict:
 
 def detector_from_args(args) -> FaceDetector:
     return FaceDetector(**detector_settings(args))
+
+
+class DetectorPool:
+    """One detector for many threads: each call borrows one of `size` detectors made by `make` (OpenCV's are not
+    thread-safe), so up to `size` detections run at once and more callers wait their turn (fer serve)."""
+
+    def __init__(self, make, size: int):
+        import queue
+
+        self._free = queue.SimpleQueue()
+        for _ in range(max(1, int(size))):
+            self._free.put(make())
+        first = self._free.get()
+        self.kind = first.kind
+        self._free.put(first)
+
+    def detect_with_scores(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        detector = self._free.get()
+        try:
+            return detector.detect_with_scores(frame)
+        finally:
+            self._free.put(detector)
+
+    def detect(self, frame: np.ndarray) -> np.ndarray:
+        return self.detect_with_scores(frame)[0]

@@ -14,7 +14,9 @@ from helpers_models import TEST_VIDEO
 from synthetic import REPO, make_folder_dataset
 
 TEST_IMAGE = REPO / "Test_files" / "IMG_test_1.jpg"
-HEAVY = ("torch", "torchvision", "timm", "onnx", "matplotlib")
+HEAVY = ("torch", "torchvision", "timm", "onnx", "matplotlib",
+         # the [serve] extra: fer serve's web stack is not in the light install either
+         "starlette", "uvicorn", "prometheus_client", "python_multipart", "multipart", "httptools", "uvloop")
 
 
 def run_fer(args, tmp_path, block_heavy: bool):
@@ -82,6 +84,13 @@ def test_a_command_that_needs_torch_says_so_in_one_line(tmp_path, args):
     assert last.startswith("error: ") and "fer-toolkit[train]" in last
 
 
+def test_fer_serve_without_its_extra_names_it_in_one_line(tmp_path):
+    r = run_fer(["serve", "--port", 0], tmp_path, True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: fer serve needs ") and "pip install 'fer-toolkit[serve]'" in last
+
+
 def test_fer_lists_its_commands_and_refuses_unknown_ones(tmp_path):
     r = run_fer([], tmp_path, True)
     assert r.returncode == 2 and "analyse" in r.stdout and "train" in r.stdout
@@ -115,3 +124,7 @@ def test_wheel_installs_light_and_runs_fer(tmp_path):
     assert "Happy" in r.stdout and "fer_model.int8.onnx" in r.stdout
     r = subprocess.run([str(bin_dir / "python"), "-c", "import torch"], capture_output=True, text=True)
     assert r.returncode != 0                     # the base install has no PyTorch
+    r = subprocess.run([str(bin_dir / "python"), "-c", "import starlette"], capture_output=True, text=True)
+    assert r.returncode != 0                     # nor the [serve] extra's web stack, yet `fer serve --help` works
+    r = subprocess.run([str(bin_dir / "fer"), "serve", "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "usage: fer serve" in r.stdout, r.stderr

@@ -1,0 +1,134 @@
+"""Dynamic batching: the face crops of callers on many threads, classified together in one forward pass.
+
+    batcher = DynamicBatcher(predictor, max_faces=32, max_wait_ms=1)
+    analyse_images(batcher, images, detector)     # on many threads at once: to each, the batcher is the predictor
+    batcher.close()                               # classifies what is queued, then stops
+
+`fer serve` runs one analyse_images (fer_common.infer.bulk, the one detect -> crop -> predict composition) per
+request, each on a thread of its own; their predict() calls land here. A batch is formed when `max_faces` faces
+wait, or `max_wait_ms` after the first of them arrived, whichever comes first (a call of more than max_faces
+faces is a batch of its own); while a forward pass runs, the next batch gathers, so under load batches fill
+without waiting. One thread runs the forward passes, in arrival order; each caller gets its own rows back.
+The answers are the predictor's: prepare_batch works face by face, so a face's numbers do not depend on the
+batch it was classified in.
+"""
+
+import threading
+import time
+from collections import deque
+
+from fer_common.errors import FERError
+from fer_common.infer.predictor import Prediction
+
+# Chosen with benchmarks/bench_serve.py's sweep (benchmarks/README.md, FER as a service).
+DEFAULT_MAX_FACES = 32
+DEFAULT_MAX_WAIT_MS = 1.0
+
+
+class _Call:
+    """One predict() call waiting for its batch."""
+    __slots__ = ("crops", "bgr", "arrived", "done", "result", "error")
+
+    def __init__(self, crops: list, bgr: bool):
+        self.crops, self.bgr, self.arrived = crops, bgr, time.monotonic()
+        self.done = threading.Event()
+        self.result = self.error = None
+
+
+class DynamicBatcher:
+    """A predictor for many threads: their crops are classified by `predictor` in shared batches.
+
+    max_faces: the most faces in one forward pass (a bigger call is classified alone, in one pass).
+    max_wait_ms: how long the first face of a batch waits for others (0: take what is queued, never wait).
+    on_batch: called after each forward pass with (faces, calls, seconds): for metrics.
+    """
+
+    def __init__(self, predictor, max_faces: int = DEFAULT_MAX_FACES, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+                 on_batch=None):
+        if int(max_faces) < 1:
+            raise FERError(f"max_faces must be at least 1, not {max_faces}")
+        if not max_wait_ms >= 0:
+            raise FERError(f"max_wait_ms must be 0 or more, not {max_wait_ms}")
+        self.predictor = predictor
+        # What analyse_images and make_result read off a predictor.
+        self.class_names = list(predictor.class_names)
+        self.preprocessing = dict(predictor.preprocessing)
+        self.max_faces, self.max_wait = int(max_faces), float(max_wait_ms) / 1000
+        self.on_batch = on_batch
+        self._calls: deque[_Call] = deque()
+        self._waiting = 0                       # faces queued, not yet in a forward pass
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fer-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting_faces(self) -> int:
+        return self._waiting
+
+    def predict(self, crops, bgr: bool = True, temperature: float | None = None) -> Prediction:
+        """Prediction for `crops` (as Predictor.predict), once their batch has been through the model."""
+        crops = list(crops)
+        if not crops or temperature is not None:        # nothing to wait for / not the batch's temperature
+            return self.predictor.predict(crops, bgr, temperature)
+        call = _Call(crops, bgr)
+        with self._cond:
+            if self._closed:
+                raise FERError("the batcher is closed: no more faces are classified")
+            self._calls.append(call)
+            self._waiting += len(crops)
+            self._cond.notify()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    __call__ = predict
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking calls; the queued ones are still classified before the thread ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _next_batch(self) -> list[_Call] | None:
+        with self._cond:
+            while not self._calls:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._calls[0].arrived + self.max_wait
+            while self._waiting < self.max_faces and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, faces, bgr = [], 0, self._calls[0].bgr
+            while self._calls and self._calls[0].bgr == bgr and (
+                    not batch or faces + len(self._calls[0].crops) <= self.max_faces):
+                call = self._calls.popleft()
+                batch.append(call)
+                faces += len(call.crops)
+            self._waiting -= faces
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            crops = [crop for call in batch for crop in call.crops]
+            t0 = time.perf_counter()
+            try:
+                p = self.predictor.predict(crops, batch[0].bgr)
+                if self.on_batch is not None:
+                    self.on_batch(len(crops), len(batch), time.perf_counter() - t0)
+            except Exception as e:               # every caller of the batch hears of it; the thread goes on
+                for call in batch:
+                    call.error = e
+                    call.done.set()
+                continue
+            k = 0
+            for call in batch:
+                n = len(call.crops)
+                call.result = Prediction(p.probabilities[k:k + n], p.embeddings[k:k + n])
+                k += n
+                call.done.set()
