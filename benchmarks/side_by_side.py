@@ -30,8 +30,8 @@ def cases(work: Path, frames: int, crops: int, photos: int) -> dict:
     return {
         "video, default flags, --save_output .avi": (
             "real_time_video.py", ["--video", clip, "--no_display", "--save_output", "{out}.avi"], "fps"),
-        f"{crops} crops, --no_detect --output .jsonl": (
-            "inference.py", [crop_dir, "--no_detect", "--output", "{out}.jsonl"], "images/s"),
+        f"{crops} crops, --recursive --no_detect --output .jsonl": (
+            "inference.py", [crop_dir, "--recursive", "--no_detect", "--output", "{out}.jsonl"], "images/s"),
         f"{photos} photos with detection, --output .jsonl": (
             "inference.py", [photo_dir, "--output", "{out}.jsonl"], "images/s"),
     }
