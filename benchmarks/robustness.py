@@ -25,6 +25,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fer_common.cli import FERError, add_device_args, int_range, make_parser, output_file, path_arg, run_main  # noqa: E402
+from fer_common.datasets.ferplus import CLASS_NAMES as FERPLUS_CLASSES, keep_labelled, read_votes  # noqa: E402
 from fer_common.datasets.folders import list_samples  # noqa: E402
 from fer_common.files import atomic_path, check_writable, write_json  # noqa: E402
 from fer_common.labels import class_name  # noqa: E402
@@ -116,10 +117,14 @@ def parse_model(text: str) -> tuple[str, str]:
     return Path(text).name, text
 
 
-def labels_for(predictor, folder_classes: list[str], data) -> np.ndarray:
-    """Folder label index -> the model's output index (class names compared in their canonical spelling)."""
+def labels_for(predictor, folder_classes: list[str], data, allow_unknown: bool = False) -> np.ndarray:
+    """Folder label index -> the model's output index (class names compared in their canonical spelling);
+    with allow_unknown, -1 for a class the model lacks (its faces count as errors: FER+'s Contempt for a
+    7-class model)."""
     names = [class_name(c) for c in predictor.class_names]
     unknown = [c for c in folder_classes if c not in names]
+    if unknown and allow_unknown:
+        return np.array([names.index(c) if c in names else -1 for c in folder_classes])
     if unknown:
         raise FERError(f"{data} has classes {predictor.path} does not know: {', '.join(unknown)} "
                        f"(it predicts {', '.join(predictor.class_names)})")
@@ -133,16 +138,22 @@ def predict_labels(predictor, crops: list, batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def robustness(predictors: dict, data, conditions=CONDITIONS, batch_size: int = 256, log=print) -> dict:
+def robustness(predictors: dict, data, conditions=CONDITIONS, batch_size: int = 256, log=print, votes=None) -> dict:
     """Accuracy of each predictor (name -> Predictor) under each condition on the folder data set `data`.
 
     Returns {"images", "unreadable", "results": {name: {"accuracy": {condition: acc, ..., "mean": mean over
     the perturbations}, "recall": {condition: {class: recall}}, "correct": {condition: bool per image}}}}.
     """
     samples, folder_classes = list_samples(data)
+    if votes:                   # FER+ majority labels instead of the folders' (evaluate.py --votes's rule)
+        kept, labelled = keep_labelled(read_votes(votes), samples, "majority", data)
+        log(f"votes: {labelled.describe(len(samples), str(data))}")
+        samples = [(path, int(label)) for (path, _), label in zip(kept, labelled.labels)]
+        folder_classes = list(FERPLUS_CLASSES)
     paths = [str(p) for p, _ in samples]
     folder_labels = np.array([label for _, label in samples])
-    targets = {name: labels_for(p, folder_classes, data)[folder_labels] for name, p in predictors.items()}
+    targets = {name: labels_for(p, folder_classes, data, allow_unknown=bool(votes))[folder_labels]
+               for name, p in predictors.items()}
 
     # Decode once per number of input channels; the same unreadable files drop out for every model.
     channels = sorted({p.preprocessing["channels"] for p in predictors.values()})
@@ -211,6 +222,8 @@ def get_args_parser():
     g = parser.add_argument_group("Data")
     g.add_argument("--data", default="dataset/test", type=path_arg,
                    help="face-crop data set, one sub-folder of images per class (evaluate only on PublicTest)")
+    g.add_argument("--votes", metavar="FILE", type=path_arg,
+                   help="score against FER+ majority labels from this votes file (as evaluate.py --votes)")
     g.add_argument("--batch_size", type=int_range(1, 65536, name="batch_size"), default=256,
                    help="images per forward pass")
     g = parser.add_argument_group("Model")
@@ -247,10 +260,11 @@ def main(args):
     for name, p in predictors.items():
         print(f"{name}: {p.describe()}")
 
-    report = robustness(predictors, args.data, batch_size=args.batch_size)
+    report = robustness(predictors, args.data, batch_size=args.batch_size, votes=args.votes)
     text = format_table(report)
     verdicts = ship_verdicts(report)
-    print(f"\naccuracy (%) on {args.data}, {report['images']} images, {'mirror TTA' if args.tta else 'no TTA'}:")
+    labels = ", FER+ majority labels" if args.votes else ""
+    print(f"\naccuracy (%) on {args.data}{labels}, {report['images']} images, {'mirror TTA' if args.tta else 'no TTA'}:")
     print(text)
     for line in verdicts:
         print(line)

@@ -23,5 +23,7 @@ SHIPPED_MODELS_DIR = shipped_dir()
 MODEL_FILE = "fer_model.int8.onnx"
 MODEL_STEM = "fer_model"
 DETECTOR_FILE = "face_detection_yunet_2023mar.onnx"
-# Short names of the shipped models, for --checkpoint NAME and FER(model=NAME).
-SHORT_NAMES = {"default": MODEL_FILE, "shipped": MODEL_FILE}
+# The FER+ model: the same network trained on the FER+ crowd votes, 8 classes (the seven and Contempt).
+FERPLUS_MODEL_FILE = "ferplus_model.int8.onnx"
+# Short names of the shipped models, for --checkpoint NAME, FER(model=NAME) and the browser page's ?model=NAME.
+SHORT_NAMES = {"default": MODEL_FILE, "shipped": MODEL_FILE, "ferplus": FERPLUS_MODEL_FILE}

@@ -10,7 +10,7 @@ const MODELS = new URL("../models/", import.meta.url);
 // Every setting shared with Python comes from settings.json, which Python writes from its own constants
 // (fer_common/commands/web.py page_settings; `fer web --write_settings`); tests/commands/test_web.py checks they agree.
 const SETTINGS = await (await fetch(new URL("./settings.json", import.meta.url))).json();
-const { classifier: CLASSIFIER_FILE, detector: YUNET_FILE } = SETTINGS.files;
+const { classifier: CLASSIFIER_FILE, detector: YUNET_FILE, models: MODEL_FILES } = SETTINGS.files;
 // fer_common/infer/detection.py: thresholds, framing, the smallest face YuNet sees, OpenCV's FaceDetectorYN settings.
 const { scoreThreshold: SCORE_THRESHOLD, smallFaceScore: SMALL_FACE_SCORE, nmsThreshold: NMS_THRESHOLD, topK: TOP_K,
         minFace: YUNET_MIN_FACE, smallFace: SMALL_FACE, frameScale: FRAME_SCALE, strides: STRIDES } = SETTINGS.detector;
@@ -82,7 +82,7 @@ export function readMetadata(bytes) {
     for (const g of fields(bytes, f.start, f.end)) entry[g.field] = text.decode(bytes.subarray(g.start, g.end));
     meta[entry[1]] = entry[2];
   }
-  if (!meta.class_names || !meta.preprocessing) throw new Error(`${CLASSIFIER_FILE} has no FER metadata`);
+  if (!meta.class_names || !meta.preprocessing) throw new Error("the classifier has no FER metadata");
   const calibration = meta.calibration ? JSON.parse(meta.calibration) : null;
   return { classNames: JSON.parse(meta.class_names), preprocessing: JSON.parse(meta.preprocessing),
            temperature: Number((calibration || {}).temperature || 1) };
@@ -109,14 +109,17 @@ async function webgpuAdapter() {
 }
 
 // The two sessions and what the classifier's file says about itself. backend: "auto" (WebGPU when the browser
-// has an adapter, else WebAssembly) or "wasm" (the page's ?backend=wasm).
-export async function loadModels(backend = "auto") {
+// has an adapter, else WebAssembly) or "wasm" (the page's ?backend=wasm); model: a shipped model's short name
+// (the page's ?model=: "default", or "ferplus" for the FER+ model), as `fer analyse --checkpoint NAME`.
+export async function loadModels(backend = "auto", model = "default") {
+  const classifierFile = MODEL_FILES[model];
+  if (!classifierFile) throw new Error(`no shipped model '${model}' (choose ${Object.keys(MODEL_FILES).join(", ")})`);
   const gpu = backend !== "wasm" && await webgpuAdapter();
   const ort = await import(new URL(gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs", ORT_DIST).href);
   ort.env.wasm.wasmPaths = ORT_DIST.href;
   ort.env.logLevel = "error";     // not its warnings about YuNet's declared output sizes, nor about the CPU's name
   const [classifierBytes, yunetBytes] = await Promise.all([
-    fetchBytes(new URL(CLASSIFIER_FILE, MODELS)), fetchBytes(new URL(YUNET_FILE, MODELS))]);
+    fetchBytes(new URL(classifierFile, MODELS)), fetchBytes(new URL(YUNET_FILE, MODELS))]);
   const options = { executionProviders: gpu ? ["webgpu", "wasm"] : ["wasm"] };
   let classifier, yunet;
   try {
@@ -125,9 +128,9 @@ export async function loadModels(backend = "auto") {
   } catch (e) {
     if (!gpu) throw e;
     console.warn(`WebGPU failed (${e.message || e}): running on WebAssembly`);
-    return loadModels("wasm");
+    return loadModels("wasm", model);
   }
-  return { ort, classifier, yunet, backend: gpu ? "webgpu" : "wasm", ...readMetadata(classifierBytes) };
+  return { ort, classifier, yunet, backend: gpu ? "webgpu" : "wasm", model, ...readMetadata(classifierBytes) };
 }
 
 // ------------------------------------------------------------------ pixels, as OpenCV handles them
@@ -578,11 +581,17 @@ function page() {
     } else await showImage(file);
   });
 
+  const chosen = params.get("model") || "default";
+  $("model").value = chosen;
+  $("model").addEventListener("change", () => {          // another model: the page again, with ?model=
+    params.set("model", $("model").value);
+    location.search = params.toString();
+  });
   status("loading the models ...");
-  loadModels(params.get("backend") || "auto").then((m) => {
+  loadModels(params.get("backend") || "auto", chosen).then((m) => {
     models = m;
-    window.ferReady = { backend: m.backend, classNames: m.classNames, temperature: m.temperature };
-    for (const el of document.querySelectorAll("button, input")) el.disabled = false;
+    window.ferReady = { backend: m.backend, model: m.model, classNames: m.classNames, temperature: m.temperature };
+    for (const el of document.querySelectorAll("button, input, select")) el.disabled = false;
     status(`ready (ONNX Runtime Web, ${m.backend}): start the camera or choose a file`);
   }).catch((e) => { window.ferError = String(e); status(`error: ${e.message || e}`); });
 }

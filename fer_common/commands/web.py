@@ -23,12 +23,12 @@ from urllib.parse import unquote, urlsplit
 from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.files import write_json
-from fer_common.shipped import DETECTOR_FILE, MODEL_FILE, SHIPPED_MODELS_DIR
+from fer_common.shipped import DETECTOR_FILE, FERPLUS_MODEL_FILE, MODEL_FILE, SHIPPED_MODELS_DIR
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 ORT_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
-# What the page loads from models/: the int8 classifier and YuNet (fer_common.predictor / detection use the same).
-MODEL_FILES = (MODEL_FILE, DETECTOR_FILE)
+# What the page loads from models/: an int8 classifier (the default or FER+ one) and YuNet.
+MODEL_FILES = (MODEL_FILE, FERPLUS_MODEL_FILE, DETECTOR_FILE)
 SETTINGS_FILE = WEB_DIR / "settings.json"
 
 
@@ -46,7 +46,8 @@ def page_settings() -> dict:
 
     tracker = FaceTracker()
     return {
-        "files": {"classifier": MODEL_FILE, "detector": DETECTOR_FILE},
+        "files": {"classifier": MODEL_FILE, "detector": DETECTOR_FILE,
+                  "models": {"default": MODEL_FILE, "ferplus": FERPLUS_MODEL_FILE}},       # the page's ?model=
         "detector": {"scoreThreshold": detection.SCORE_THRESHOLD, "smallFaceScore": detection.SMALL_FACE_SCORE,
                      "nmsThreshold": detection.NMS_THRESHOLD, "topK": detection.TOP_K,
                      "minFace": detection.YUNET_MIN_FACE, "smallFace": detection.SMALL_FACE,
@@ -132,7 +133,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _send(self, body: bool):
         if is_page_root(self.path):
             self.send_response(302)
-            self.send_header("Location", PAGE_URL)
+            query = urlsplit(self.path).query                 # ?model=ferplus, ?backend=wasm travel along
+            self.send_header("Location", PAGE_URL + (f"?{query}" if query and len(query) < 200 else ""))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

@@ -365,3 +365,21 @@ def test_fps(server, tmp_path, faces):
     for name, size in sizes:
         print(f"  {size / 1e6:7.3f} MB  {name}")
     assert len(results["faces"]) == faces
+
+
+@needs_browser
+def test_the_fer_plus_model_in_the_page_matches_python(page, server):
+    # the page's ?model=ferplus is `FER(model="ferplus")`: eight classes, the same faces and numbers
+    ferplus = FER(model="ferplus")
+    try:
+        page.get(server + "/?model=ferplus")
+        wait_for(page, "window.ferReady || window.ferError")
+        assert page.execute_script("return window.ferReady.model") == "ferplus"
+        assert page.execute_script("return window.ferReady.classNames") == ferplus.class_names
+        assert len(ferplus.class_names) == 8 and "Contempt" in ferplus.class_names
+        page.find_element("id", "file").send_keys(str(IMAGE))
+        results = wait_for(page, "window.ferResults && window.ferResults.source === 'IMG_test_1.jpg' && window.ferResults")
+        compare(results["faces"], ferplus.analyse(IMAGE), ferplus.class_names)
+    finally:
+        page.get(server + "/")                      # the default model again, for the tests after this one
+        wait_for(page, "window.ferReady || window.ferError")

@@ -91,3 +91,27 @@ def test_a_known_face_is_read_as_happy_by_every_shipped_file():
         predictor = Predictor(MODELS / name)
         probs = predictor.predict(crops).probabilities[0]
         assert predictor.class_names[int(probs.argmax())] == "Happy" and probs.max() > 0.6, name
+
+
+def test_the_fer_plus_model_ships_beside_the_default():
+    """Issue 31: the FER+ model, trained on the crowd votes: eight classes, the same budget, three files that
+    agree, reachable by its short name, and the known face read as Happy."""
+    from fer_common import FER
+    from fer_common.model.checkpoint import model_from_checkpoint
+    from fer_common.model.networks import count_parameters
+
+    ckpt = load_checkpoint(MODELS / "ferplus_model.pth", expected_type="default")
+    assert ckpt["class_names"] == sorted([*EMOTIONS, "Contempt"]) and "optimizer" not in ckpt
+    assert ckpt["votes"]["mode"] == "crossentropy" and ckpt["calibration"]["temperature"] > 0
+    assert count_parameters(model_from_checkpoint(ckpt)) <= 2.5e6
+    for name in ("ferplus_model.onnx", "ferplus_model.int8.onnx"):
+        meta = read_onnx_metadata(MODELS / name)
+        assert meta["class_names"] == ckpt["class_names"] and meta["preprocessing"] == ckpt["preprocessing"]
+        assert meta["calibration"]["temperature"] == ckpt["calibration"]["temperature"]
+    fer = FER(model="ferplus")
+    assert fer.predictor.path.name == "ferplus_model.int8.onnx"
+    face = fer.analyse(TEST_IMAGE)[0]
+    assert face.top_emotion == "Happy" and face.confidence > 0.6
+    r = run_script("inference.py", TEST_IMAGE, "--checkpoint", "ferplus", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)[0]["faces"][0]["probabilities"]) == 8
