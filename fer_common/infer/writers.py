@@ -5,9 +5,10 @@
         for result in results:
             w.write(result)
 
-Every output of `inference.py --output` and `real_time_video.py --log_csv` goes through here. The file is
-written as results come (flushed every second), so a run cut short keeps what it did and `--resume` goes on
-from it. Rules that protect what is already on disk:
+Every output of `inference.py --output` goes through here, and `real_time_video.py --log_csv` writes its rows
+with the same CsvTable (into a file that appears whole at the end of the run, fer_common.video.sinks.CsvLog).
+A results file is written as results come (flushed every second), so a run cut short keeps what it did and
+`--resume` goes on from it. Rules that protect what is already on disk:
   * a symbolic link, a file with other hard links, or anything but a regular file is never written: refused;
   * an existing file is replaced only with overwrite=True, continued only with resume=True;
   * one run at a time writes a file (an advisory lock; a second run is refused);
@@ -125,6 +126,20 @@ def check_results_file(path, resume: bool = False, overwrite: bool = False) -> b
     return (_check_parquet if is_parquet(path) else _check_stream)(path, resume, overwrite)
 
 
+class CsvTable:
+    """The CSV writer of every .csv the toolkit writes: the header (results.table_columns) once, at the start
+    of an empty file, then one row per face per Result (results.table_rows)."""
+
+    def __init__(self, file, class_names, header: bool = True):
+        self.class_names = list(class_names)
+        self._rows = csv.writer(file)
+        if header:
+            self._rows.writerow(table_columns(self.class_names))
+
+    def write(self, result: Result) -> None:
+        self._rows.writerows(table_rows(result, self.class_names))
+
+
 class ResultWriter:
     """Streams Results to a .jsonl or .csv file; see the module's docstring for the rules it keeps."""
 
@@ -153,15 +168,14 @@ class ResultWriter:
         except BaseException:
             os.close(self._fd)
             raise
-        self._csv = csv.writer(self._file) if self.format == ".csv" else None
-        if self._csv is not None and os.fstat(self._fd).st_size == 0:
-            self._csv.writerow(table_columns(self.class_names))
+        self._csv = (CsvTable(self._file, self.class_names, header=os.fstat(self._fd).st_size == 0)
+                     if self.format == ".csv" else None)
         self._last_flush = time.monotonic()
 
     def write(self, result) -> None:
         try:
             if self._csv is not None:
-                self._csv.writerows(table_rows(result, self.class_names))
+                self._csv.write(result)
             else:
                 self._file.write(result.to_json(self.embedding) + "\n")
             if time.monotonic() - self._last_flush >= self.flush_seconds:

@@ -6,7 +6,6 @@ A sink whose `stop` turns true (the window closed, fer_common.video.window) ends
 """
 
 import contextlib
-import csv
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 from fer_common.errors import FERError
 from fer_common.files import atomic_path
 from fer_common.infer.overlay import Overlay
-from fer_common.results import Result, table_columns, table_rows
+from fer_common.infer.writers import CsvTable
+from fer_common.results import Result
 from fer_common.video.source import quiet_stderr
 
 # What --save_output writes, the first that this installation can encode: (library, codec, name shown).
@@ -229,9 +229,10 @@ class VideoFile(Sink):
 
 
 class CsvLog(Sink):
-    """One row per face per frame (a frame without a face: one row, faces 0), in the columns of every results
-    table (fer_common.results.table_rows: source, frame, time, ..., track_id, top_emotion, confidence, one
-    column per class, error). A write that fails (a full disk) is a FERError, and no partial log is left."""
+    """--log_csv: one row per face per frame (a frame without a face: one row, faces 0), written by the
+    writers' CsvTable, so the columns are those of every .csv the toolkit writes (source, frame, time, ...,
+    track_id, top_emotion, confidence, one column per class, error). The log appears whole at the end of the
+    run; a write that fails (a full disk) is a FERError, and no partial log is left."""
 
     def __init__(self, path, class_names):
         self.path, self.class_names = Path(path), list(class_names)
@@ -245,14 +246,13 @@ class CsvLog(Sink):
     def __enter__(self):
         with self._stack as stack:
             tmp = stack.enter_context(atomic_path(self.path, suffix=".csv"))
-            self.rows = csv.writer(stack.enter_context(open(tmp, "w", newline="", encoding="utf-8")))
-            self.rows.writerow(table_columns(self.class_names))
+            self.rows = CsvTable(stack.enter_context(open(tmp, "w", newline="", encoding="utf-8")), self.class_names)
             self._stack = stack.pop_all()
         return self
 
     def write(self, frame, result, fps=None) -> None:
         try:
-            self.rows.writerows(table_rows(result, self.class_names))
+            self.rows.write(result)
         except OSError as e:
             raise self._error(e) from None
 
