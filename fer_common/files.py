@@ -196,6 +196,25 @@ def strict_json_value(obj):
     return obj
 
 
+def utf8_name(path) -> bool:
+    """True when a path's name is valid UTF-8, as native libraries (OpenCV's path calls, FFmpeg) need it; a
+    name copied from a Latin-1 system holds lone surrogates in Python and is not."""
+    try:
+        os.fspath(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def native_path(path, what: str, library: str = "OpenCV") -> str:
+    """A path for a native library's path call (which would crash or fail on a name that is not UTF-8): the
+    path as str, or one FERError line naming the file and saying to rename it."""
+    if not utf8_name(path):
+        raise FERError(f"{what} {printable(path)}: its name is not valid UTF-8 (copied from a Latin-1 system or "
+                       f"a zip?), which {library} cannot open; rename it")
+    return os.fspath(path)
+
+
 def printable(text) -> str:
     """`text` (a str or a path) with any lone surrogates (bytes of a file name that is not UTF-8) written as
     backslash escapes: safe to print, draw or encode as UTF-8."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from fer_common.device import cpu_count, cuda_available
 from fer_common.errors import FERError
+from fer_common.files import printable, utf8_name
 from fer_common.preprocess import small_input
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
@@ -73,10 +74,11 @@ def make_session(path, provider: str = "cpu", device: str = "auto", preprocessin
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
+        model = str(path) if utf8_name(path) else Path(path).read_bytes()     # ORT refuses such names: bytes
+        session = ort.InferenceSession(model, sess_options=options,
                                        providers=[(p, _provider_options(p, preprocessing)) for p in providers])
     except Exception as e:
-        raise FERError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise FERError(f"ONNX Runtime cannot load {printable(path)} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     used = session.get_providers()[0]
     if provider not in ("auto", "cpu") and used != _ORT_NAMES[provider]:
         raise FERError(f"--provider {provider}: ONNX Runtime could not start {_ORT_NAMES[provider]} "

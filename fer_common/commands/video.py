@@ -17,7 +17,7 @@ import json
 
 from fer_common.cli import FERError, existing_file, make_parser, output_file, video_output
 from fer_common.infer.detection import add_detector_args, detector_from_args
-from fer_common.files import check_outputs, write_json
+from fer_common.files import check_outputs, native_path, write_json
 from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.video.summary import FaceSummary, plot_summary, require_matplotlib, summarise_csv
 from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, add_video_args, check_video_options
@@ -72,6 +72,8 @@ def main(args):
     check_outputs({"output video": args.save_output, "CSV log": args.log_csv, "summary JSON": args.summary,
                         "plot": args.plot}, args.overwrite,
                        inputs={"--video": args.video, "--summary_from": args.summary_from, **model_inputs(args)})
+    if args.save_output:                   # OpenCV's and FFmpeg's writers take the path itself
+        native_path(args.save_output, "--save_output", "the video encoder")
     if args.plot:
         require_matplotlib()
     if args.summary_from:

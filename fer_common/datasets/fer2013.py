@@ -346,8 +346,10 @@ def import_csv(src: Path, dest: Path, keep_splits: bool = False) -> ImportResult
                     result.skipped["rows with a bad pixel count or value"] += 1
                     continue
                 path = _target(dest, splits[usage], emotion, csv_image_name(usage, row_number))
-                if not cv2.imwrite(str(path), image):
-                    raise OSError(f"could not write {path}")
+                ok, data = cv2.imencode(path.suffix, image)
+                if not ok:
+                    raise OSError(f"could not encode {path}")
+                path.write_bytes(data.tobytes())      # through Python, not OpenCV's path call: any file name
                 result.add(splits[usage], emotion)
     except (UnicodeError, gzip.BadGzipFile, EOFError, csv.Error, zlib.error) as e:
         raise FERError(f"{src} is not a readable FER-2013 CSV ({type(e).__name__}: {e})") from None

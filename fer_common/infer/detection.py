@@ -17,7 +17,7 @@ import numpy as np
 from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.shipped import DETECTOR_FILE, SHIPPED_MODELS_DIR
-from fer_common.files import sha256_file
+from fer_common.files import native_path, sha256_file
 
 DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
@@ -120,7 +120,8 @@ class FaceDetector:
         # One network per pass, so that alternating passes do not re-plan the network every frame.
         self._nets = {}
         self.score_threshold, self.small_face_score = score_threshold, small_face_score
-        self._make = lambda: cv2.FaceDetectorYN.create(str(self.model_path), "", (64, 64), score_threshold,
+        model = native_path(self.model_path, "face detector model")
+        self._make = lambda: cv2.FaceDetectorYN.create(model, "", (64, 64), score_threshold,
                                                         nms_threshold, TOP_K)
         try:
             self._run("coarse", np.zeros((64, 64, 3), np.uint8))   # loads and runs it once: fails here, not later

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from fer_common.errors import FERError
+from fer_common.files import native_path
 from fer_common.video.options import check_max_frames, check_source
 
 
@@ -52,7 +53,7 @@ def open_capture(source) -> tuple[cv2.VideoCapture, np.ndarray]:
     if not stat.S_ISREG(mode):        # a FIFO or a device would block or never end
         raise FERError(f"cannot read video {path}: not a regular file")
     with quiet_stderr():
-        cap = cv2.VideoCapture(str(path))
+        cap = cv2.VideoCapture(native_path(path, "video"))
         ok, frame = cap.read() if cap.isOpened() else (False, None)
     if not ok or frame is None:
         cap.release()

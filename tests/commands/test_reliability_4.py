@@ -160,3 +160,46 @@ def test_the_page_server_on_all_interfaces_says_so(capsys, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         web.main(web.get_args_parser().parse_args(["--host", "0.0.0.0"]))
     assert "reachable from the network" in capsys.readouterr().out
+
+
+def latin1(folder, name: bytes):
+    """A path whose name is not UTF-8 (as Python holds one: lone surrogates)."""
+    import os
+
+    return folder / os.fsdecode(name)
+
+
+def test_names_that_are_not_utf8_never_reach_a_native_path_call(tmp_path, capsys):
+    from fer_common import FER, Predictor
+    from fer_common.infer.detection import FaceDetector
+    from fer_common.errors import FERError
+
+    # ONNX Runtime refuses such a name: the model goes to it as bytes, and loads
+    model = latin1(tmp_path, b"mod\xe8le.onnx")
+    shutil.copy(MODELS / "fer_model.int8.onnx", model)
+    assert Predictor(model).class_names == FER().class_names
+    # OpenCV's path calls would crash: one line instead
+    detector = latin1(tmp_path, b"d\xe9tecteur.onnx")
+    shutil.copy(MODELS / "face_detection_yunet_2023mar.onnx", detector)
+    with pytest.raises(FERError, match="not valid UTF-8"):
+        FaceDetector(model_path=detector)
+    video = latin1(tmp_path, b"vid\xe9o.mp4")
+    shutil.copy(TEST_VIDEO, video)
+    code, err = run_video(["--video", video, "--no_display", "--max_frames", 2], capsys)
+    assert code == 1 and len(err) == 1 and "not valid UTF-8" in err[0] and "\\xe9" in err[0]
+    code, err = run_video(["--video", TEST_VIDEO, "--no_display", "--max_frames", 2, "--save_output",
+                           latin1(tmp_path, b"sortie\xe9.mp4")], capsys)
+    assert code == 1 and len(err) == 1 and "not valid UTF-8" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model.name, detector.name, video.name])
+
+
+def test_the_csv_import_writes_into_a_folder_whose_name_is_not_utf8(tmp_path):
+    from fer_common.datasets.fer2013 import import_csv
+
+    csv_file = tmp_path / "fer2013.csv"
+    row = " ".join(["128"] * 48 * 48)
+    csv_file.write_text("emotion,pixels,Usage\n3," + row + ",Training\n0," + row + ",PublicTest\n")
+    dest = latin1(tmp_path, b"donn\xe9es")
+    dest.mkdir()
+    result = import_csv(csv_file, dest)
+    assert result.total() == 2 and len(list(dest.rglob("*.*"))) == 2
