@@ -6,6 +6,7 @@ import pytest
 
 from fer_common import cli
 from fer_common.commands import COMMANDS
+from synthetic import REPO
 
 
 def help_of(name: str) -> str:
@@ -45,3 +46,14 @@ def test_set_defaults_is_the_switch_default():
     parser.set_defaults(fast=True)
     text = " ".join(parser.format_help().split())
     assert "go fast (default: on)" in text and "go slowly (turns off --fast)" in text
+
+
+def test_install_hints_name_the_extra():
+    """A missing optional library is named the one way a user installs it: the extra, never the bare package."""
+    import ast
+
+    for path in (REPO / "fer_common").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for hint in re.findall(r"pip install (\S+)", node.value):
+                    assert hint.startswith(("'fer-toolkit[", ".", "'.[", "-")), f"{path.name}: pip install {hint}"
