@@ -112,6 +112,7 @@ def test_installed_package_finds_its_shipped_models(tmp_path):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "fer_common", src / "fer_common", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "models", src / "models", ignore=shutil.ignore_patterns("evaluation*"))
+    shutil.copytree(REPO / "web", src / "web", ignore=shutil.ignore_patterns("node_modules"))     # the page
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                         str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600,
                        cwd=tmp_path)
