@@ -188,8 +188,24 @@ def sha256_arg(text: str) -> str:
     return value
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each flag's default, and keeps the docstring's line breaks (it holds the README command)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default once, and keeps the docstring's line breaks (it holds the README command).
+
+    A default is left out where the help already says it ("(default: the webcam)") and for a required flag; a
+    switch says whether it is on by default, and an off-switch (--no_tta) names the flag it turns off."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        turns_off = getattr(action, "turns_off", None)
+        if turns_off:
+            return f"{text} (turns off {turns_off})"
+        if (action.required or action.default is argparse.SUPPRESS or "(default" in text or "%(default)" in text
+                or not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        if action.nargs == 0 and isinstance(action.const, bool):        # a switch: on or off unless given
+            on = getattr(action, "effective_default", action.default) == action.const
+            return f"{text} (default: {'on' if on else 'off'})"
+        return f"{text} (default: %(default)s)"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -198,6 +214,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(1, f"error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        # Switches that share a destination (--tta / --no_tta): the value the parse starts from is the first
+        # one's default (or set_defaults'), and the one that sets False is the other's off-switch.
+        switches = {}
+        for action in self._actions:
+            if action.option_strings and action.nargs == 0 and isinstance(action.const, bool):
+                switches.setdefault(action.dest, []).append(action)
+        for dest, actions in switches.items():
+            on = next((a for a in actions if a.const), None)
+            for action in actions:
+                action.effective_default = self.get_default(dest)
+                if on is not None and not action.const:
+                    action.turns_off = on.option_strings[0]
+        return super().format_help()
 
 
 def make_parser(doc: str, **kwargs) -> argparse.ArgumentParser:

@@ -43,6 +43,18 @@ class Face:
         """The top emotion's probability."""
         return self.probabilities[self.top_emotion]
 
+    def __repr__(self) -> str:
+        # what a person reads: not the 128 embedding floats (face.embedding has them)
+        parts = [f"box={tuple(int(v) for v in self.box)}", f"top_emotion={self.top_emotion!r}",
+                 f"confidence={float(self.confidence):.3f}"]
+        if self.score is not None:
+            parts.append(f"score={float(self.score):.3f}")
+        if self.track_id is not None:
+            parts.append(f"track_id={self.track_id}")
+        if self.embedding is not None:
+            parts.append(f"embedding=<{np.asarray(self.embedding).shape[0]} floats>")
+        return f"Face({', '.join(parts)})"
+
     def to_dict(self, embedding: bool = True) -> dict:
         d = {"box": [int(v) for v in self.box], "score": _number(self.score),
              "top_emotion": self.top_emotion, "confidence": round(float(self.confidence), DECIMALS),
@@ -109,6 +121,9 @@ def make_result(source, class_names, boxes=(), probabilities=(), embeddings=None
 
 # ------------------------------------------------------------------------------------------------ tables
 
+INTEGER_COLUMNS = ("frame", "width", "height", "face", "faces", "x", "y", "w", "h", "track_id")
+
+
 def table_columns(class_names) -> list[str]:
     """The columns of a results table and of every .csv the toolkit writes: one row per face."""
     return ["source", "frame", "time", "width", "height", "face", "faces", "x", "y", "w", "h", "score",
@@ -149,7 +164,7 @@ def require_pandas():
     try:
         import pandas as pd
     except ImportError:
-        raise FERError("a results table needs pandas: pip install 'fer-toolkit[table]' (or pandas)") from None
+        raise FERError("a results table needs pandas: pip install 'fer-toolkit[table]'") from None
     return pd
 
 
@@ -158,4 +173,6 @@ def to_dataframe(results, class_names=None):
     pip install 'fer-toolkit[table]')."""
     pd = require_pandas()
     rows = to_table(results, class_names)
-    return pd.DataFrame(rows, columns=list(rows[0]) if rows else table_columns(class_names or []))
+    table = pd.DataFrame(rows, columns=list(rows[0]) if rows else table_columns(class_names or []))
+    # integers stay integers where an image without a face leaves a cell blank (pandas' nullable Int64, not float)
+    return table.astype({name: "Int64" for name in INTEGER_COLUMNS})

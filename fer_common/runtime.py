@@ -26,14 +26,19 @@ def onnx_providers(provider: str = "auto", device: str = "auto") -> list:
         raise FERError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
     available = ort.get_available_providers()
     gpu = cuda_available()
-    if provider == "cpu" or (provider == "auto" and (device or "auto").lower() == "cpu"):
+    device = (device or "auto").lower()
+    if provider == "cpu" or (provider == "auto" and device == "cpu"):
         return ["CPUExecutionProvider"]
+    flag = f"--provider {provider}"
+    if provider == "auto" and device.startswith("cuda"):     # --device cuda asks for the GPU as --provider cuda does
+        provider, flag = "cuda", f"--device {device}"
     if provider == "auto":
         return (["CUDAExecutionProvider"] if gpu and "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
     name = _ORT_NAMES[provider]
     if not gpu or name not in available:
-        why = "no CUDA GPU is visible" if not gpu else f"this onnxruntime build has no {name}"
-        raise FERError(f"--provider {provider}: {why} (use --provider auto or cpu)")
+        why = ("no CUDA GPU is visible" if not gpu else
+               f"this onnxruntime build has no {name} (pip install 'fer-toolkit[gpu]')")
+        raise FERError(f"{flag}: {why} (use {flag.split()[0]} auto or cpu)")
     chain = [name] + (["CUDAExecutionProvider"] if provider == "tensorrt" else []) + ["CPUExecutionProvider"]
     return chain
 
@@ -80,6 +85,8 @@ def make_session(path, provider: str = "cpu", device: str = "auto", preprocessin
     except Exception as e:
         raise FERError(f"ONNX Runtime cannot load {printable(path)} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     used = session.get_providers()[0]
+    if (device or "").lower().startswith("cuda") and provider == "auto":
+        provider = "cuda"
     if provider not in ("auto", "cpu") and used != _ORT_NAMES[provider]:
         raise FERError(f"--provider {provider}: ONNX Runtime could not start {_ORT_NAMES[provider]} "
                        f"(CUDA/cuDNN/TensorRT libraries missing?); use --provider auto or cpu")

@@ -5,7 +5,8 @@
 
 The URLs mirror the repository (/web/..., /models/...), so the page's relative paths are the same here as on
 any static host that serves the repository. Only the page's files and the two model files it loads are served.
-The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run does it), once, online.
+The page needs ONNX Runtime Web in web/node_modules: `npm ci` in web/ (.ci/run does it), once, online. A wheel
+(`pip install .`) carries the page and the ONNX Runtime Web files it loads, so `fer web` works installed too.
 
 The page takes every setting it shares with Python (detector thresholds and framing, image and video defaults,
 tracker, colours, model files) from web/settings.json, which page_settings() writes from the Python constants:
@@ -23,10 +24,10 @@ from urllib.parse import unquote, urlsplit
 from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.files import write_json
-from fer_common.shipped import DETECTOR_FILE, FERPLUS_MODEL_FILE, MODEL_FILE, SHIPPED_MODELS_DIR
+from fer_common.shipped import (DETECTOR_FILE, FERPLUS_MODEL_FILE, MODEL_FILE, ORT_FILES, ORT_SUBDIR,
+                                SHIPPED_MODELS_DIR, WEB_DIR)
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
-ORT_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+ORT_DIR = WEB_DIR / ORT_SUBDIR
 # What the page loads from models/: an int8 classifier (the default or FER+ one) and YuNet.
 MODEL_FILES = (MODEL_FILE, FERPLUS_MODEL_FILE, DETECTOR_FILE)
 SETTINGS_FILE = WEB_DIR / "settings.json"
@@ -82,12 +83,15 @@ def page_headers(path: Path) -> dict:
 
 
 def check_web_files() -> None:
-    """A clear error before serving a page that could not run."""
+    """A clear error, in one line, before serving a page that could not run."""
     if not (WEB_DIR / "index.html").is_file():
-        raise FERError(f"the browser page is missing ({WEB_DIR}): it ships with the repository, not the wheel; "
-                       f"run this from a clone of the repository")
-    if not (ORT_DIR / "ort.wasm.min.mjs").is_file():
-        raise FERError(f"ONNX Runtime Web is not installed ({ORT_DIR}): run `npm ci` in {WEB_DIR} once (online)")
+        raise FERError(f"the browser page is missing ({WEB_DIR}): reinstall fer-toolkit, or in a clone restore "
+                       f"it with `git checkout -- web`")
+    missing = [name for name in ORT_FILES if not (ORT_DIR / name).is_file()]
+    if missing:
+        where = (f"run `npm ci` in {WEB_DIR} once (online)" if (WEB_DIR.parent / "pyproject.toml").is_file() else
+                 "this package was built without it: run `npm ci` in the clone's web/ before building the wheel")
+        raise FERError(f"ONNX Runtime Web is not installed ({ORT_DIR} lacks {', '.join(missing)}): {where}")
     for name in MODEL_FILES:
         if not (SHIPPED_MODELS_DIR / name).is_file():
             raise FERError(f"the shipped model {SHIPPED_MODELS_DIR / name} is missing: restore it with "

@@ -1,6 +1,6 @@
 """One predictor, two runtimes: face crops in, emotion probabilities and 128-d embeddings out.
 
-    predictor = Predictor("fer_model.pth")            # or "fer_model.onnx"
+    predictor = Predictor("fer_model.pth")            # or "fer_model.onnx", or a shipped one: "default", "ferplus"
     probabilities, embeddings = predictor(crops)      # N x num_classes, N x 128, one batched forward
 
 The model file carries everything needed to use it (model type, class names in output order,
@@ -37,7 +37,8 @@ class Prediction(NamedTuple):
 class Predictor:
     """Emotion probabilities and embeddings for a list of face crops, from a .pth checkpoint or an ONNX file.
 
-    path: model file; '.onnx' runs through ONNX Runtime, anything else is loaded as a PyTorch checkpoint.
+    path: model file ('.onnx' runs through ONNX Runtime, anything else is loaded as a PyTorch checkpoint), or a
+        shipped model's short name: "default" (the int8 model FER() loads) or "ferplus".
     model_type: if given, the file must hold this model type (a clear error otherwise).
     device: PyTorch device ('auto' | 'cpu' | 'cuda' ...); with ONNX, 'cpu' keeps ONNX Runtime on the CPU.
     provider: ONNX Runtime provider, 'auto' | 'cpu' | 'cuda' | 'tensorrt' (auto: CUDA when torch sees a GPU).
@@ -46,7 +47,7 @@ class Predictor:
 
     def __init__(self, path, model_type: str | None = None, device: str = "auto", provider: str = "auto",
                  tta: bool = False):
-        self.path = Path(path)
+        self.path = named_model_file(path)[0]          # a file, or a shipped model's short name: "default", "ferplus"
         self.tta = tta
         self.runtime = "onnx" if self.path.suffix.lower() == ".onnx" else "torch"
         if not self.path.is_file():
@@ -228,6 +229,15 @@ def shipped_model(name: str) -> Path | None:
     return SHIPPED_MODELS_DIR / SHORT_NAMES[name] if name in SHORT_NAMES else None
 
 
+def named_model_file(name) -> tuple[Path, str]:
+    """A model the caller names (--checkpoint, FER(model=...), Predictor(...)): a file, or a shipped model's short
+    name ("default", "ferplus") when no file of that name is here; and the reason, as resolve_model_file gives it."""
+    shipped = shipped_model(str(name))
+    if shipped is not None and not Path(name).exists():
+        return shipped, f"the shipped model '{name}'"
+    return Path(name), "named"
+
+
 def _torch_installed() -> bool:
     import importlib.util
 
@@ -248,13 +258,10 @@ def resolve_model_file(model_type: str = "default", checkpoint=None, use_onnx: b
     if model_type not in MODEL_STEMS:
         raise FERError(f"unknown model type '{model_type}' (expected one of {', '.join(MODEL_STEMS)})")
     if checkpoint:
-        shipped = shipped_model(str(checkpoint))
-        if shipped is not None and not Path(checkpoint).exists():
-            return shipped, f"the shipped model '{checkpoint}'"
-        path = Path(checkpoint)
+        path, why = named_model_file(checkpoint)
         if not path.is_file():
             raise FERError(f"model file not found: {path}")
-        return path, "named"
+        return path, why
     skipped = ""
     if here is not None:
         trained = Path(here) / f"{MODEL_STEMS[model_type]}{'.onnx' if use_onnx else '.pth'}"

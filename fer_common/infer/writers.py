@@ -322,7 +322,7 @@ def import_pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise FERError("Parquet needs pyarrow: pip install pyarrow (or 'fer-toolkit[cluster]')") from None
+        raise FERError("Parquet needs pyarrow: pip install 'fer-toolkit[table]'") from None
     return pa, pq
 
 

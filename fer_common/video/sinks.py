@@ -20,18 +20,19 @@ from fer_common.results import Result
 from fer_common.video.source import quiet_stderr
 
 # What --save_output writes, the first that this installation can encode: (library, codec, name shown).
-# H.264 in .mp4 and VP9 in .webm play in browsers and Jupyter; they need PyAV (pip install av), whose wheels
+# H.264 in .mp4 and VP9 in .webm play in browsers and Jupyter; they need PyAV (the [video] extra), whose wheels
 # carry FFmpeg with libx264 and libvpx. OpenCV's own wheel has no H.264 encoder (only mp4v, which VLC plays
 # but browsers do not) and encodes VP9 far slower than real time. Measurements: benchmarks/README.md.
 ENCODERS = {
-    ".mp4": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2 (mp4v)")],
-    ".m4v": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2 (mp4v)")],
-    ".mov": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2 (mp4v)")],
+    ".mp4": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2")],
+    ".m4v": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2")],
+    ".mov": [("pyav", "libx264", "H.264"), ("opencv", "mp4v", "MPEG-4 Part 2")],
     ".webm": [("pyav", "libvpx-vp9", "VP9"), ("pyav", "libsvtav1", "AV1"), ("opencv", "VP90", "VP9")],
     ".avi": [("opencv", "MJPG", "Motion JPEG")],
     ".mkv": [("opencv", "MJPG", "Motion JPEG")],
 }
 BROWSER_CODECS = {"H.264", "VP9", "AV1"}
+VIDEO_EXTRA = "pip install 'fer-toolkit[video]'"         # PyAV, named the way every install hint names it
 FOURCCS = {ext: next(c for lib, c, _ in encoders if lib == "opencv") for ext, encoders in ENCODERS.items()}
 # libx264's "superfast" preset: the fastest of the presets measured at about a third of mp4v's size
 # (benchmarks/README.md, encoders).
@@ -87,10 +88,10 @@ def choose_encoder(path) -> tuple[str, str, str, str | None]:
     if library == "opencv" and candidates[0][0] == "pyav":
         why = "PyAV is not installed here" if not installed else f"this PyAV has no {candidates[0][1]}"
         if name in BROWSER_CODECS:      # OpenCV's VP9: plays everywhere, but slow (benchmarks/README.md)
-            note = f"note: writing {name} through OpenCV, which is slow ({why}): pip install av"
+            note = f"note: writing {name} through OpenCV, which is slow ({why}): {VIDEO_EXTRA}"
         else:
             note = (f"note: writing {name}: " + ("VLC plays it, " if codec == "mp4v" else "")
-                    + f"browsers and Jupyter do not; {why}: pip install av for {candidates[0][2]}")
+                    + f"browsers and Jupyter do not; {why}: {VIDEO_EXTRA} for {candidates[0][2]}")
     return library, codec, name, note
 
 

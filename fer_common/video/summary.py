@@ -8,7 +8,7 @@ same smoothed probabilities and top classes).
         summary.add_result(result)
     print(summary.table())
     write_json("summary.json", summary.to_dict())
-    plot_summary(summary, "faces.png")              # needs matplotlib (optional: pip install matplotlib)
+    plot_summary(summary, "faces.png")              # needs matplotlib: pip install 'fer-toolkit[plot]'
 
     summary = summarise_csv("faces.csv")           # the same from a log, without the video
 """
@@ -23,7 +23,7 @@ from fer_common.errors import FERError
 from fer_common.results import probability_matrix, table_columns
 from fer_common.files import atomic_path
 
-MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed here: pip install matplotlib"
+MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed here: pip install 'fer-toolkit[plot]'"
 MAX_PLOT_FACES = 12      # the faces seen longest; more panels would make a poster, not a figure
 
 

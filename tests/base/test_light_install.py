@@ -2,14 +2,19 @@
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 import venv
+import zipfile
 
 import pytest
 
 from fer_common.commands import COMMANDS
+from fer_common.shipped import ORT_FILES
 from helpers_models import TEST_VIDEO
 from synthetic import REPO, make_folder_dataset
 
@@ -106,10 +111,27 @@ def test_wheel_installs_light_and_runs_fer(tmp_path):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "fer_common", src / "fer_common", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "models", src / "models", ignore=shutil.ignore_patterns("evaluation*"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(src)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    wheel = next(wheels.glob("*.whl"))
+    shutil.copytree(REPO / "web", src / "web", ignore=shutil.ignore_patterns("node_modules"))
+
+    def build(out):
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(out), str(src)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        shutil.rmtree(src / "build", ignore_errors=True)
+        return next(out.glob("*.whl"))
+
+    # a clean clone before `npm ci`: the wheel still builds, with the page and without the runtime
+    with zipfile.ZipFile(build(tmp_path / "bare")) as z:
+        names = set(z.namelist())
+    assert "fer_common/web/index.html" in names and not any("onnxruntime-web" in n for n in names)
+    ort = REPO / "web" / "node_modules"
+    has_ort = (ort / "onnxruntime-web" / "dist" / "ort.wasm.min.mjs").is_file()
+    if has_ort:
+        (src / "web" / "node_modules").symlink_to(ort.resolve(), target_is_directory=True)
+    wheel = build(wheels)
+    with zipfile.ZipFile(wheel) as z:     # only the runtime files the page loads, not the whole npm package
+        shipped = sorted(n.rsplit("/", 1)[1] for n in z.namelist() if "onnxruntime-web" in n)
+    assert shipped == (sorted(ORT_FILES) if has_ort else [])
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
@@ -128,3 +150,22 @@ def test_wheel_installs_light_and_runs_fer(tmp_path):
     assert r.returncode != 0                     # nor the [serve] extra's web stack, yet `fer serve --help` works
     r = subprocess.run([str(bin_dir / "fer"), "serve", "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "usage: fer serve" in r.stdout, r.stderr
+    # the installed `fer web` serves the page from the package, the runtime and the models with it
+    proc = subprocess.Popen([str(bin_dir / "fer"), "web", "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not has_ort:
+            assert proc.wait(timeout=60) == 1 and "npm ci" in proc.stderr.read()
+            return
+        url = re.search(r"http://\S+/", line).group(0)
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert b"Nothing is uploaded" in page.read()
+        for path in ("web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm",
+                     "models/fer_model.int8.onnx", "web/settings.json"):
+            with urllib.request.urlopen(url + path, timeout=10) as r:
+                assert r.status == 200 and r.read(4)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)

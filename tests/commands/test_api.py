@@ -26,6 +26,34 @@ def test_readme_snippet_runs():
     assert "Happy" in r.stdout and "(128,)" in r.stdout
 
 
+def test_every_readme_python_snippet_runs_outside_the_repository(tmp_path):
+    """Each ```python block of the README, run as a user would: in a folder of their own with their images
+    (Test_files copied, dataset/test made), the package importable, and no models/ folder beside them."""
+    shutil.copytree(REPO / "Test_files", tmp_path / "Test_files")
+    (tmp_path / "dataset" / "test" / "Happy").mkdir(parents=True)
+    shutil.copy(TEST_IMAGE, tmp_path / "dataset" / "test" / "Happy" / "a.jpg")
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 4 and not (tmp_path / "models").exists()
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
+    for block in blocks:
+        r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, f"{block}\n{r.stderr}"
+
+
+def test_predictor_takes_a_shipped_models_short_name(tmp_path, monkeypatch):
+    from fer_common import Predictor
+    from fer_common.shipped import FERPLUS_MODEL_FILE, MODEL_FILE
+
+    monkeypatch.chdir(tmp_path)
+    assert Predictor("default").path.name == MODEL_FILE
+    ferplus = Predictor("ferplus")
+    assert ferplus.path.name == FERPLUS_MODEL_FILE and len(ferplus.class_names) == 8
+    from fer_common.cli import FERError
+    with pytest.raises(FERError, match="model file not found: nonesuch"):
+        Predictor("nonesuch")
+
+
 def test_analyse_an_array_a_file_and_a_crop():
     import cv2
 
@@ -84,6 +112,7 @@ def test_installed_package_finds_its_shipped_models(tmp_path):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "fer_common", src / "fer_common", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "models", src / "models", ignore=shutil.ignore_patterns("evaluation*"))
+    shutil.copytree(REPO / "web", src / "web", ignore=shutil.ignore_patterns("node_modules"))     # the page
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                         str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600,
                        cwd=tmp_path)

@@ -124,6 +124,36 @@ def test_missing_runtime_is_one_clear_error(monkeypatch, tmp_path):
         web.make_server("127.0.0.1", 0)
 
 
+def test_the_wheel_ships_the_page_and_the_runtime_files_it_loads():
+    # pyproject.toml's package data for fer_common.web is the page and exactly shipped.ORT_FILES
+    import tomllib
+    from fer_common.shipped import ORT_FILES, ORT_SUBDIR
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert setuptools["package-dir"]["fer_common.web"] == "web" and "fer_common.web" in setuptools["packages"]
+    data = setuptools["package-data"]["fer_common.web"]
+    assert sorted(data) == sorted(["index.html", "fer.js", "style.css", "settings.json",
+                                   *(f"{ORT_SUBDIR}/{name}" for name in ORT_FILES)])
+    # the page imports only shipped entry modules, and they load only shipped files (an npm upgrade renames them)
+    source = (ROOT / "web" / "fer.js").read_text(encoding="utf-8")
+    assert set(re.findall(r'"(ort\.[\w.]+\.mjs)"', source)) == {"ort.wasm.min.mjs", "ort.webgpu.min.mjs"}
+    if not (web.ORT_DIR / "ort.wasm.min.mjs").is_file():
+        pytest.skip("ONNX Runtime Web is not installed: run `npm ci` in web/")
+    for entry in ("ort.wasm.min.mjs", "ort.webgpu.min.mjs"):
+        loaded = set(re.findall(r"ort-wasm[\w.-]*?\.m?js", (web.ORT_DIR / entry).read_text(encoding="utf-8")))
+        assert loaded and loaded <= set(ORT_FILES), (entry, loaded)
+        assert {name.replace(".mjs", ".wasm") for name in loaded} <= set(ORT_FILES)
+
+
+def test_a_wheel_without_the_runtime_says_what_is_missing(monkeypatch, tmp_path):
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("<html></html>")
+    monkeypatch.setattr(web, "WEB_DIR", tmp_path / "web")
+    monkeypatch.setattr(web, "ORT_DIR", tmp_path / "web" / "node_modules")
+    with pytest.raises(FERError, match=r"built without it: run `npm ci` .* before building the wheel") as e:
+        web.check_web_files()
+    assert "\n" not in str(e.value) and "ort.wasm.min.mjs" in str(e.value)
+
+
 def test_main_as_typed(tmp_path):
     """python -m fer_common.commands.web --port 0: says where to go, serves the page, stops on a signal."""
     if not (web.ORT_DIR / "ort.wasm.min.mjs").is_file():

@@ -87,6 +87,25 @@ def test_providers_only_gpu_when_usable(monkeypatch):
     assert onnx_providers("auto") == ["CPUExecutionProvider"]    # onnxruntime-gpu lists CUDA regardless
     with pytest.raises(FERError, match="--provider cuda"):
         onnx_providers("cuda")
+    # --device cuda with an ONNX model asks for the GPU as --provider cuda does: refused, not silently the CPU
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(FERError, match=rf"^--device {device}: no CUDA GPU is visible \(use --device auto or cpu\)$"):
+            onnx_providers("auto", device)
+
+
+def test_fer_analyse_device_cuda_without_a_gpu_is_one_line(tmp_path):
+    from fer_common.device import cuda_available
+    from helpers_models import TEST_IMAGE
+    if cuda_available():
+        pytest.skip("this machine has a CUDA GPU")
+    import os
+    import subprocess
+    import sys
+    from synthetic import REPO
+    r = subprocess.run([sys.executable, "-m", "fer_common", "analyse", str(TEST_IMAGE), "--device", "cuda"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: --device cuda: no CUDA GPU is visible (use --device auto or cpu)"], r.stderr
 
 
 def test_resolve_model_file_is_one_rule(tmp_path, monkeypatch):

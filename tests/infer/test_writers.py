@@ -73,6 +73,18 @@ def test_dataframe_view():
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == table_columns(NAMES)
     assert frame["face"].notna().sum() == sum(len(r.faces) for r in results())     # one row per face
     assert set(frame["source"]) == {r.source for r in results()}                   # and every image
+    # an image without a face leaves integer cells blank, and they stay integers (not float64)
+    for column in ("face", "faces", "x", "y", "w", "h", "width", "height", "track_id", "frame"):
+        assert str(frame[column].dtype) == "Int64", column
+    assert frame["x"].isna().any() and frame.loc[frame["face"] == 2, "x"].tolist() == [10, 10]
+
+
+def test_a_face_prints_short():
+    face = results()[1].faces[0]
+    text = repr(face)
+    assert text.startswith("Face(box=(0, 0, 10, 10), top_emotion=") and "score=0.900" in text
+    assert "embedding=<4 floats>" in text and len(text) < 150 and "array" not in text
+    assert repr(results()[2]).count("Face(") == 2
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])

@@ -271,7 +271,7 @@ def test_plot_without_matplotlib_is_one_line_before_any_work(models, tmp_path, c
         run_main(real_time_video.main, real_time_video.get_args_parser(), args)
     assert e.value.code == 1
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == [f"error: {MATPLOTLIB_MISSING}"] and "pip install matplotlib" in err
+    assert err.strip().splitlines() == [f"error: {MATPLOTLIB_MISSING}"] and "pip install 'fer-toolkit[plot]'" in err
     assert "model:" not in out and not list(tmp_path.iterdir())                      # no model loaded, nothing written
 
 
@@ -569,7 +569,8 @@ def test_without_pyav_mp4v_with_a_one_line_note(tmp_path, monkeypatch):
     out = tmp_path / "out.mp4"
     with VideoFile(out, 20.0, (64, 48)) as video:
         video.write(np.zeros((48, 64, 3), np.uint8))
-    assert video.encoder == "mp4v" and "\n" not in video.note and "pip install av" in video.note
+    assert video.encoder == "mp4v" and "\n" not in video.note and "pip install 'fer-toolkit[video]'" in video.note
+    assert video.codec == "MPEG-4 Part 2" and "(mp4v) (mp4v)" not in f"{video.codec} ({video.encoder})"
     assert read_video(out)[1] == 1
 
 
@@ -676,3 +677,4 @@ def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(FERError, match="not a regular file"):             # no hang on open
         VideoReader(str(fifo))
+
