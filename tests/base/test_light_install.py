@@ -148,8 +148,17 @@ def test_wheel_installs_light_and_runs_fer(tmp_path):
     assert r.returncode != 0                     # the base install has no PyTorch
     r = subprocess.run([str(bin_dir / "python"), "-c", "import starlette"], capture_output=True, text=True)
     assert r.returncode != 0                     # nor the [serve] extra's web stack, yet `fer serve --help` works
-    r = subprocess.run([str(bin_dir / "fer"), "serve", "--help"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "usage: fer serve" in r.stdout, r.stderr
+    for name in COMMANDS:                       # every command's --help, as a new user tries them (issue 30)
+        r = subprocess.run([str(bin_dir / "fer"), name, "--help"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and f"usage: fer {name}" in r.stdout, (name, r.stderr)
+    data = make_folder_dataset(tmp_path / "data", per_class=(2,), splits=("test",))
+    r = subprocess.run([str(bin_dir / "fer"), "evaluate", "--checkpoint", "default", "--data", str(data / "test"),
+                        "--output_dir", str(tmp_path / "eval")], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "accuracy" in r.stdout.lower(), r.stderr
+    r = subprocess.run([str(bin_dir / "fer"), "train", "--dataset_path", str(data)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 1 and "fer-toolkit[train]" in r.stderr and "Traceback" not in r.stderr
     # the installed `fer web` serves the page from the package, the runtime and the models with it
     proc = subprocess.Popen([str(bin_dir / "fer"), "web", "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
