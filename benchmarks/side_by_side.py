@@ -6,9 +6,14 @@ The figure is each script's own summary line (video: average FPS; folders: image
 loading left out), and the ratio now / then per round; the median ratio is the result.
 
     python -m benchmarks.side_by_side --ref 5a06660 --rounds 5        # the commit before the re-layering
+    python -m benchmarks.side_by_side --ref 87040ef --only video      # .mp4 / .webm against .avi (issue 35)
+
+The video cases also print each --save_output's time a frame against .avi's in the same tree and round (the
+cost of the encoder, as the user sees it), median of the rounds.
 """
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -23,18 +28,45 @@ from .common import REPO, busy_processes
 PATTERNS = {"fps": re.compile(r"average ([\d.]+) FPS"), "images/s": re.compile(r"([\d.]+) images/s")}
 
 
-def cases(work: Path, frames: int, crops: int, photos: int) -> dict:
-    """name -> (script, arguments, unit): the default video run writing .avi, and bulk crops and photos."""
-    clip = make_long_clip(DEFAULT_VIDEO, work / "clip.mp4", frames)
-    crop_dir, photo_dir = make_crops(work / "crops", crops), make_photos(work / "photos", photos)
-    return {
-        "video, default flags, --save_output .avi": (
-            "real_time_video.py", ["--video", clip, "--no_display", "--save_output", "{out}.avi"], "fps"),
-        f"{crops} crops, --recursive --no_detect --output .jsonl": (
-            "inference.py", [crop_dir, "--recursive", "--no_detect", "--output", "{out}.jsonl"], "images/s"),
-        f"{photos} photos with detection, --output .jsonl": (
-            "inference.py", [photo_dir, "--output", "{out}.jsonl"], "images/s"),
-    }
+VIDEO_SUFFIXES = (".avi", ".mp4", ".webm")      # MJPG (OpenCV), H.264 and VP9 (PyAV, when installed)
+
+
+def video_case(suffix: str) -> str:
+    return f"video, default flags, --save_output {suffix}"
+
+
+def cases(work: Path, frames: int, crops: int, photos: int, only: str = "all") -> dict:
+    """name -> (script, arguments, unit): the default video run writing .avi, .mp4 and .webm; bulk crops and
+    photos."""
+    todo = {}
+    if only in ("all", "video"):
+        clip = make_long_clip(DEFAULT_VIDEO, work / "clip.mp4", frames)
+        for suffix in VIDEO_SUFFIXES:
+            todo[video_case(suffix)] = (
+                "real_time_video.py", ["--video", clip, "--no_display", "--save_output", "{out}" + suffix], "fps")
+    if only in ("all", "bulk"):
+        crop_dir, photo_dir = make_crops(work / "crops", crops), make_photos(work / "photos", photos)
+        todo[f"{crops} crops, --recursive --no_detect --output .jsonl"] = (
+            "inference.py", [crop_dir, "--recursive", "--no_detect", "--output", "{out}.jsonl"], "images/s")
+        todo[f"{photos} photos with detection, --output .jsonl"] = (
+            "inference.py", [photo_dir, "--output", "{out}.jsonl"], "images/s")
+    return todo
+
+
+def vs_avi(figures: dict) -> list[str]:
+    """Each video case's time a frame over .avi's (= FPS .avi / FPS case), per tree, median of the rounds."""
+    avi = figures.get(video_case(".avi"))
+    lines = []
+    for suffix in VIDEO_SUFFIXES[1:]:
+        case = figures.get(video_case(suffix))
+        if avi is None or case is None:
+            continue
+        parts = []
+        for label in ("now", "then"):
+            ratios = [a / c for a, c in zip(avi[label], case[label])]
+            parts.append(f"{label} {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+        lines.append(f"time a frame, --save_output {suffix} / .avi (median of rounds): " + ", ".join(parts))
+    return lines
 
 
 def run_case(tree: Path, script: str, args: list, unit: str, out: Path) -> float:
@@ -54,15 +86,18 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=600, help="video frames (the test clip looped; default: 600)")
     parser.add_argument("--crops", type=int, default=3000, help="48x48 crops for the bulk case (default: 3000)")
     parser.add_argument("--photos", type=int, default=200, help="640x480 photos for detection (default: 200)")
+    parser.add_argument("--only", choices=["all", "video", "bulk"], default="all",
+                        help="which cases (default: all)")
     args = parser.parse_args(argv)
     busy = busy_processes()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="fer-side-") as tmp:
         work = Path(tmp)
         then = work / "then"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(then), args.ref], check=True,
                        capture_output=True)
         try:
-            todo = cases(work, args.frames, args.crops, args.photos)
+            todo = cases(work, args.frames, args.crops, args.photos, args.only)
             figures = {name: {"now": [], "then": []} for name in todo}
             for k in range(args.rounds):
                 for name, (script, case_args, unit) in todo.items():
@@ -73,13 +108,17 @@ def main(argv=None) -> None:
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(then)], capture_output=True)
     print(f"now ({subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}) "
-          f"against {args.ref}, {args.rounds} alternated rounds" + (f"; UNDER LOAD (pids {', '.join(busy)})" if busy else ""))
+          f"against {args.ref}, {args.rounds} alternated rounds; load average at the start {load}"
+          + (f"; UNDER LOAD (pids {', '.join(busy)})" if busy else ""))
     print(f"{'case':<48} {'now':>9} {'then':>9} {'now/then (median of rounds)':>28}")
     for name, (_, _, unit) in todo.items():
         now, then_ = figures[name]["now"], figures[name]["then"]
         ratios = [a / b for a, b in zip(now, then_)]
         print(f"{name:<48} {statistics.median(now):>9.1f} {statistics.median(then_):>9.1f} "
               f"{statistics.median(ratios):>11.3f} ({min(ratios):.3f}-{max(ratios):.3f})  {unit}")
+    for line in vs_avi(figures):
+        print(line)
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ A sink whose `stop` turns true (the window closed, fer_common.video.window) ends
 """
 
 import contextlib
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -129,10 +131,15 @@ class _PyAVWriter:
             raise
         self.count = 0
 
-    def write(self, frame) -> None:
+    def prepare(self, frame):
+        """The frame as an FFmpeg picture of its own: from_ndarray copies the pixels, so the caller may draw
+        on its array again at once (the copy the encoder thread needs, at no extra cost)."""
         if frame.shape[0] != self.height or frame.shape[1] != self.width:
             frame = frame[:self.height, :self.width]
-        picture = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        return self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+
+    def write(self, frame) -> None:
+        picture = frame if isinstance(frame, self.av.VideoFrame) else self.prepare(frame)
         picture.pts = self.count
         self.count += 1
         self.container.mux(self.stream.encode(picture))
@@ -142,6 +149,57 @@ class _PyAVWriter:
             self.container.mux(self.stream.encode(None))     # flush the encoder's delayed frames
         finally:
             self.container.close()
+
+
+_END = object()
+
+
+class _EncoderThread:
+    """A writer's write() on a thread of its own, behind a small bounded queue: the caller hands a frame over
+    and goes on (FFmpeg releases the GIL while it converts, encodes and muxes, so the two overlap), waiting
+    only when the encoder is QUEUE frames behind. Frames are written in order. An error in the thread is
+    raised, the same exception, by the next write() or else by close(); the frames after it are dropped.
+
+    The writer's prepare(frame), where it has one, runs in the caller's thread and returns what the thread
+    writes (PyAV: a picture of its own); a writer without one is handed a copy of the array. Either way the
+    caller may draw on or reuse its array as soon as write() returns.
+    """
+    QUEUE = 4
+
+    def __init__(self, writer):
+        self.writer = writer
+        self._prepare = getattr(writer, "prepare", np.copy)
+        self._queue = queue.Queue(self.QUEUE)
+        self._error = None
+        self._reported = False
+        self._thread = threading.Thread(target=self._run, name="video-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _END:
+            if self._error is None:          # after an error: keep taking frames, so write() never blocks
+                try:
+                    self.writer.write(item)
+                except BaseException as e:
+                    self._error = e
+
+    def write(self, frame) -> None:
+        if self._error is not None:
+            self._reported = True
+            raise self._error
+        self._queue.put(self._prepare(frame))
+
+    def close(self) -> None:
+        """Write what is queued, then close the writer; the thread's error if write() has not raised it."""
+        if self._thread.is_alive():
+            self._queue.put(_END)
+            self._thread.join()
+        if self._error is not None and not self._reported:
+            self._reported = True
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            raise self._error
+        self.writer.close()
 
 
 def open_video_writer(path, library: str, codec: str, fps: float, size):
@@ -164,7 +222,9 @@ class VideoFile(Sink):
 
     The file is written under a temporary name and appears when the run ends, complete: a write that fails
     (a full disk) is a FERError and the partial file is removed; so is one the OpenCV writer (which reports
-    no error) left unreadable or short.
+    no error) left unreadable or short. PyAV encodes on a thread of its own (_EncoderThread): H.264 then costs
+    the loop little more than MJPG (benchmarks/README.md, video); its write error surfaces at the next write
+    or at the end.
     """
 
     def __init__(self, path, fps: float, size: tuple[int, int]):
@@ -184,6 +244,8 @@ class VideoFile(Sink):
         tmp = self._atomic.__enter__()
         try:
             self.writer = open_video_writer(tmp, self.library, self.encoder, self.fps, self.size)
+            if self.library == "pyav":
+                self.writer = _EncoderThread(self.writer)
         except BaseException as e:
             self._atomic.__exit__(type(e), e, e.__traceback__)
             if isinstance(e, Exception):
