@@ -8,7 +8,9 @@
 request, each on a thread of its own; their predict() calls land here. A batch is formed when `max_faces` faces
 wait, or `max_wait_ms` after the first of them arrived, whichever comes first (a call of more than max_faces
 faces is a batch of its own); while a forward pass runs, the next batch gathers, so under load batches fill
-without waiting. One thread runs the forward passes, in arrival order; each caller gets its own rows back.
+without waiting. `workers` threads run forward passes, batches taken in arrival order (a model that runs
+fastest on one thread, as the 48x48 CNN does, gets one per core, as the bulk run's threads do); each caller gets
+its own rows back.
 The answers are the predictor's: prepare_batch works face by face, so a face's numbers do not depend on the
 batch it was classified in.
 """
@@ -17,6 +19,7 @@ import threading
 import time
 from collections import deque
 
+from fer_common.device import cpu_count
 from fer_common.errors import FERError
 from fer_common.infer.predictor import Prediction
 
@@ -41,10 +44,12 @@ class DynamicBatcher:
     max_faces: the most faces in one forward pass (a bigger call is classified alone, in one pass).
     max_wait_ms: how long the first face of a batch waits for others (0: take what is queued, never wait).
     on_batch: called after each forward pass with (faces, calls, seconds): for metrics.
+    workers: threads running forward passes at once (None: one per core for a model that prefers one thread
+        per pass, else one).
     """
 
     def __init__(self, predictor, max_faces: int = DEFAULT_MAX_FACES, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 on_batch=None):
+                 on_batch=None, workers: int | None = None):
         if int(max_faces) < 1:
             raise FERError(f"max_faces must be at least 1, not {max_faces}")
         if not max_wait_ms >= 0:
@@ -59,8 +64,12 @@ class DynamicBatcher:
         self._waiting = 0                       # faces queued, not yet in a forward pass
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="fer-batcher", daemon=True)
-        self._thread.start()
+        if workers is None:
+            workers = cpu_count() if getattr(predictor, "prefers_one_thread", False) else 1
+        self._threads = [threading.Thread(target=self._run, name=f"fer-batcher-{i}", daemon=True)
+                         for i in range(max(1, int(workers)))]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def waiting_faces(self) -> int:
@@ -90,7 +99,8 @@ class DynamicBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _next_batch(self) -> list[_Call] | None:
         with self._cond:
