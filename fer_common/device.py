@@ -71,7 +71,7 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     """The autocast dtype for `mode` ('auto' | 'bf16' | 'fp16' | 'off'), or None for no autocast.
 
     auto: bf16 on GPUs that have it, else fp16; off on the CPU. bf16 on a CPU with AVX512-BF16 or
-    AMX is worth asking for (training the default model ran 2.3x faster here), so it is one flag away.
+    AMX is worth asking for (benchmarks/README.md, training throughput), so it is one flag away.
     """
     import torch
 
