@@ -36,4 +36,5 @@ def main(args):
     write_json(history_path, history)
     parts = ", ".join(f"{i['file']} x {i['weight']:.3f}" for i in ckpt["averaged_from"])
     print(f"averaged {parts} -> {args.output} (history -> {history_path}); "
-          f"calibrate it next: fer calibrate {args.output} --output {args.output} --overwrite")
+          f"calibrate it next on your validation split: fer calibrate {args.output} --data dataset/val_new "
+          f"--output {args.output} --overwrite")
