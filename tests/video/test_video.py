@@ -678,3 +678,16 @@ def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path):
     with pytest.raises(FERError, match="not a regular file"):             # no hang on open
         VideoReader(str(fifo))
 
+
+
+def test_the_clean_h264_sample_is_the_test_clip_frame_for_frame():
+    # the clip the browser page plays (issue 34): H.264, the same 80 frames, no overlays
+    clean = TEST_VIDEO.with_name("Video_Test_1.h264.mp4")
+    with VideoReader(str(clean)) as a, VideoReader(str(TEST_VIDEO)) as b:
+        assert (a.size, a.fps) == (b.size, b.fps)
+        pairs = list(zip(a, b))
+    assert len(pairs) == 80
+    assert max(float(np.abs(x.astype(int) - y.astype(int)).mean()) for x, y in pairs) < 6   # lossy, not drawn on
+    av = pytest.importorskip("av")
+    with av.open(str(clean)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
