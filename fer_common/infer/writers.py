@@ -18,6 +18,7 @@ A results file is written as results come (flushed every second), so a run cut s
   * a file deleted while the run writes it, or a failed write (a full disk), is an error, not a silent loss.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -360,6 +361,11 @@ class ParquetWriter:
         pa, pq = import_pyarrow()
         _check_parquet(path, resume, overwrite)
         self.path, self.class_names, self.embedding = Path(path), list(class_names), embedding
+        self.overwrite = overwrite
+        # One run at a time, as for .jsonl and .csv (whose lock is on the file itself): here on a hidden
+        # sidecar, since the file appears only at the end.
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._lock_fd = _open_locked(self._lock_path)
         self.meta = dict(meta, embedding=bool(embedding))
         self.done, self.done_with_faces, self.repaired_bytes = set(), 0, 0
         self.columns = table_columns(self.class_names)
@@ -397,6 +403,9 @@ class ParquetWriter:
             if exc[0] is None:
                 self._flush()
             self._writer.close()
+            if exc[0] is None and not self.overwrite and os.path.lexists(self.path):
+                raise FERError(f"output {self.path} appeared while this run wrote it (another program?): it is "
+                               f"left as it is and this run's results are dropped; give another --output")
             if exc[0] is None:
                 write_json(meta_path(self.path), self.meta)
         except BaseException as e:
@@ -404,7 +413,12 @@ class ParquetWriter:
             raise
         finally:
             self._writer = None
-            self._stack.__exit__(*exc)              # renames onto path, or (after an error) removes the temp file
+            try:
+                self._stack.__exit__(*exc)          # renames onto path, or (after an error) removes the temp file
+            finally:
+                os.close(self._lock_fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self._lock_path)
 
     def __enter__(self):
         return self

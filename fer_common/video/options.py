@@ -59,10 +59,13 @@ def check_pipeline_options(detect_every=3, smooth=0.5) -> tuple[int, float]:
     return detect_every, smooth
 
 
+MIN_SPEED = 0.01     # a hundredth of real time: one frame of a 20 fps clip stays up 5 s; slower is no playback
+
+
 def check_speed(speed) -> float:
     speed = _number(speed, "speed")
-    if speed < 0:
-        raise FERError(f"speed must be 0 (as fast as possible) or more, got {speed}")
+    if speed < 0 or 0 < speed < MIN_SPEED:
+        raise FERError(f"speed must be 0 (as fast as possible) or from {MIN_SPEED} up, got {speed}")
     return speed
 
 

@@ -203,3 +203,30 @@ def test_the_csv_import_writes_into_a_folder_whose_name_is_not_utf8(tmp_path):
     dest.mkdir()
     result = import_csv(csv_file, dest)
     assert result.total() == 2 and len(list(dest.rglob("*.*"))) == 2
+
+
+def test_two_runs_never_write_one_parquet_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    from fer_common.errors import FERError
+    from fer_common.infer.writers import ParquetWriter
+    from fer_common.results import make_result
+
+    out = tmp_path / "out.parquet"
+    meta = {"toolkit": "fer-toolkit", "model": "m"}
+    first = ParquetWriter(out, ["a", "b"], meta)
+    with pytest.raises(FERError, match="being written by another run"):
+        ParquetWriter(out, ["a", "b"], meta, overwrite=True)
+    first.write(make_result("x.png", ["a", "b"], [[0, 0, 4, 4]], [[0.3, 0.7]]))
+    first.close()
+    assert out.is_file() and not (tmp_path / ".out.parquet.lock").exists()
+    # a file that appears meanwhile is never replaced without --overwrite
+    second = ParquetWriter(tmp_path / "new.parquet", ["a", "b"], meta)
+    (tmp_path / "new.parquet").write_bytes(b"someone else's")
+    with pytest.raises(FERError, match="appeared while this run wrote it"):
+        second.close()
+    assert (tmp_path / "new.parquet").read_bytes() == b"someone else's"
+
+
+def test_a_speed_too_small_to_play_is_refused_in_one_line(capsys):
+    code, err = run_video(["--video", TEST_VIDEO, "--speed", "1e-12", "--max_frames", 2], capsys)
+    assert code == 1 and len(err) == 1 and "speed must be 0" in err[0]
