@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fer_common.errors import FERError
+from fer_common.files import printable
 
 NO_FACE = "no face found"
 UNREADABLE = "cannot decode"
@@ -82,7 +83,7 @@ class Result:
     speed: dict | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, embedding: bool = True) -> dict:
-        d = {"source": self.source}
+        d = {"source": printable(self.source)}       # a name that is not UTF-8: its bytes escaped (\xff.jpg)
         if self.frame is not None:
             d["frame"], d["time"] = self.frame, _number(self.time)
         d["size"] = list(self.size) if self.size else None
@@ -135,7 +136,7 @@ def table_rows(result: Result, class_names) -> list[list]:
     columns and its error when it has no face. `faces` is the image's face count, so a reader can tell a
     complete image from one cut short."""
     width, height = result.size if result.size else (None, None)
-    head = [result.source, result.frame, _number(result.time), width, height]
+    head = [printable(result.source), result.frame, _number(result.time), width, height]
     if not result.faces:
         return [head + [None, 0] + [None] * (8 + len(class_names)) + [result.error]]
     rows = []

@@ -29,7 +29,7 @@ from fer_common.cli import image_output, make_parser, output_file, positive_int
 from fer_common.infer.cluster import classifier_settings, init_ray, iter_results_ray
 from fer_common.infer.detection import add_detector_args, detector_from_args, detector_settings
 from fer_common.errors import FERError
-from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, write_image
+from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, printable, write_image
 from fer_common.infer.overlay import Overlay, annotate
 from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.preprocess import read_image
@@ -173,7 +173,8 @@ def main(args):
     with ExitStack() as stack:
         writer = open_output(args, predictor, log, stack)
         done = writer.done if writer is not None else ()
-        todo = [i for i, p in enumerate(images) if p not in done] if done else range(len(images))
+        # results files hold names as printable() writes them (a name that is not UTF-8: its bytes escaped)
+        todo = [i for i, p in enumerate(images) if printable(p) not in done] if done else range(len(images))
         if len(todo) < len(images):
             log(f"resuming: {len(images) - len(todo)} of {len(images)} images are already in {args.output}")
         bar = stack.enter_context(tqdm(total=len(todo), unit="img", desc="images", file=sys.stderr, delay=2,

@@ -230,3 +230,24 @@ def test_two_runs_never_write_one_parquet_file(tmp_path):
 def test_a_speed_too_small_to_play_is_refused_in_one_line(capsys):
     code, err = run_video(["--video", TEST_VIDEO, "--speed", "1e-12", "--max_frames", 2], capsys)
     assert code == 1 and len(err) == 1 and "speed must be 0" in err[0]
+
+
+def test_results_files_escape_names_that_are_not_utf8_and_resume_on_them(tmp_path):
+    import json
+
+    from synthetic import run_script
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(REPO / "Test_files" / "IMG_test_1.jpg", latin1(folder, b"photo\xff.jpg"))
+    for out in ("out.jsonl", "out.csv"):
+        r = run_script("inference.py", folder, "--output", tmp_path / out)
+        assert r.returncode == 0, r.stderr
+        text = (tmp_path / out).read_bytes().decode("utf-8")       # strict UTF-8: no lone surrogates
+        assert ("photo\\\\xff.jpg" if out.endswith(".jsonl") else "photo\\xff.jpg") in text
+        r = run_script("inference.py", folder, "--output", tmp_path / out, "--resume")
+        assert r.returncode == 0 and "1 of 1 images are already in" in r.stdout + r.stderr, r.stderr
+    record = json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert record["source"].endswith("photo\\xff.jpg")
+    r = run_script("inference.py", folder / latin1(folder, b"photo\xff.jpg").name, "--json")
+    assert r.returncode == 0 and "\\\\xff" in r.stdout
