@@ -130,8 +130,9 @@ class VideoPipeline:
         self.tracker.update_detections(boxes, j)
         return seconds
 
-    def process(self, frame: np.ndarray) -> Result:
-        """The faces of the next frame (BGR uint8, as OpenCV reads it)."""
+    def process(self, frame: np.ndarray, time_s: float | None = None) -> Result:
+        """The faces of the next frame (BGR uint8, as OpenCV reads it); `time_s`: its time in the source
+        (default: index / fps, or the wall clock for a live source)."""
         i = self.frame_index
         self.frame_index += 1
         t0 = time.perf_counter()
@@ -148,7 +149,7 @@ class VideoPipeline:
         probabilities = self.tracker.smooth_probabilities(probabilities)
         t3 = time.perf_counter()
         track = (t1 - t0) + (t3 - t2) - (0.0 if self.threaded else detect)
-        when = i / self.fps if self.fps else t0 - self._start
+        when = time_s if time_s is not None else i / self.fps if self.fps else t0 - self._start
         result = make_result(self.source, self.predictor.class_names, boxes, probabilities, embeddings,
                              track_ids=self.tracker.ids, size=(frame.shape[1], frame.shape[0]), frame=i, time=when,
                              no_face_error=False)
@@ -159,11 +160,12 @@ class VideoPipeline:
         return result
 
     def run(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, Result]]:
-        """(frame, result) for each frame, in order; the frame is the caller's to draw on. Closes the pipeline
-        at the end (also when the caller stops early and closes the generator)."""
+        """(frame, result) for each frame, in order; the frame is the caller's to draw on. A VideoReader's
+        frames take their time from the file's clock (its `time`). Closes the pipeline at the end (also when
+        the caller stops early and closes the generator)."""
         try:
             for frame in frames:
-                yield frame, self.process(frame)
+                yield frame, self.process(frame, getattr(frames, "time", None))
         finally:
             self.close()
 

@@ -14,6 +14,9 @@ from fer_common.errors import FERError
 from fer_common.files import native_path
 from fer_common.video.options import check_max_frames, check_source
 
+# The highest frame rate a file's header is believed (high-speed phone video records 240 and more).
+MAX_FPS = 1000
+
 
 @contextlib.contextmanager
 def quiet_stderr():
@@ -66,8 +69,10 @@ class VideoReader:
     source fails here, in one line. Iterate once; stops after `max_frames` (None or 0: all), at the end of
     the source, or at a frame a damaged file cannot decode (what came before is kept).
 
-    fps: the source's frame rate (30 when it does not say); live: a webcam; size: (width, height);
-    total: the frames expected (0: unknown), for a progress bar.
+    fps: the source's average frame rate (30 when it does not say); live: a webcam; size: (width, height);
+    total: the frames expected (0: unknown), for a progress bar; time: the seconds of the frame last yielded,
+    from the container's own timestamps (a phone's variable frame rate), index / fps only where the file
+    gives none that go forward (a broken header); None for a webcam.
     """
 
     def __init__(self, source, max_frames: int | None = None):
@@ -77,7 +82,8 @@ class VideoReader:
         self.live = isinstance(source, int)
         self.name = f"camera {source}" if self.live else str(source)      # a result's source
         fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and np.isfinite(fps) and 0 < fps <= 240 else 30.0
+        self.fps = fps if fps and np.isfinite(fps) and 0 < fps <= MAX_FPS else 30.0
+        self.time = None
         self.size = (self._first.shape[1], self._first.shape[0])
         self.max_frames = max_frames or None
         total = 0 if self.live else max(int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
@@ -90,9 +96,20 @@ class VideoReader:
         """The frame rate that gives each frame its time: the file's own; None for a webcam (real time)."""
         return None if self.live else self.fps
 
+    def _frame_time(self, n: int, previous: float | None) -> float | None:
+        """Seconds of frame n: the container's timestamp when it moves forward, else n / fps."""
+        if self.live:
+            return None
+        ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        t = ms / 1000 if ms is not None and np.isfinite(ms) and ms >= 0 else None
+        if t is None or (previous is not None and t <= previous) or (n > 0 and t == 0):
+            return n / self.fps if previous is None or n / self.fps > previous else previous + 1 / self.fps
+        return t
+
     def __iter__(self) -> Iterator[np.ndarray]:
         frame, self._first = self._first, None
         n = 0
+        self.time = self._frame_time(0, None)
         while frame is not None:
             yield frame
             n += 1
@@ -104,6 +121,8 @@ class VideoReader:
                 ok = False
             if not ok:
                 frame = None
+            else:
+                self.time = self._frame_time(n, self.time)
 
     def close(self) -> None:
         self.cap.release()

@@ -691,3 +691,39 @@ def test_the_clean_h264_sample_is_the_test_clip_frame_for_frame():
     av = pytest.importorskip("av")
     with av.open(str(clean)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
+
+
+def test_times_come_from_the_files_clock_for_variable_and_high_frame_rates(tmp_path):
+    # a phone's variable frame rate: irregular timestamps; and a 300 fps clip, which is not read as 30 fps
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    clip = cv2.VideoCapture(str(TEST_VIDEO))
+    frames = [clip.read()[1] for _ in range(8)]
+    times = [0.0, 0.01, 0.02, 0.1, 0.2, 0.21, 0.5, 0.52]
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=100)
+        stream.width, stream.height, stream.pix_fmt = 480, 360, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, t in zip(frames, times):
+            picture = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            picture.pts, picture.time_base = int(t * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    with VideoReader(str(path)) as reader:
+        read = []
+        for _ in reader:
+            read.append(reader.time)
+    assert read == pytest.approx(times, abs=0.002)
+    from fer_common import FER                                       # the results carry the file's times
+    assert [r.time for r in FER().analyse_video(str(path))] == pytest.approx(times, abs=0.002)
+    fast = tmp_path / "fast.avi"
+    writer = cv2.VideoWriter(str(fast), cv2.VideoWriter_fourcc(*"MJPG"), 300, (480, 360))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    with VideoReader(str(fast)) as reader:
+        assert reader.fps == pytest.approx(300)
+        read = [reader.time for _ in reader]
+    assert read == pytest.approx([k / 300 for k in range(8)], abs=1e-3)
