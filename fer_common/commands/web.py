@@ -117,9 +117,12 @@ def resolve(url_path: str) -> Path | None:
     if parts[:1] != ["web"]:
         return None
     path = WEB_DIR.joinpath(*parts[1:])
-    if path.is_dir():
-        path = path / "index.html"
-    return path if path.is_file() else None
+    try:
+        if path.is_dir():
+            path = path / "index.html"
+        return path if path.is_file() else None
+    except OSError:             # a name longer than the file system takes, say: not a file of the page
+        return None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -147,13 +150,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, "not served: only /web/ and the page's models are")
             return
         data = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in page_headers(path).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in page_headers(path).items():
+                self.send_header(name, value)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True     # the browser went away mid-download: nothing to report
 
     def log_message(self, format, *args):
         if not self.quiet:

@@ -251,3 +251,33 @@ def test_results_files_escape_names_that_are_not_utf8_and_resume_on_them(tmp_pat
     assert record["source"].endswith("photo\\xff.jpg")
     r = run_script("inference.py", folder / latin1(folder, b"photo\xff.jpg").name, "--json")
     assert r.returncode == 0 and "\\\\xff" in r.stdout
+
+
+def test_the_page_server_answers_a_long_path_and_a_dropped_download_quietly(capfd):
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from fer_common.commands import web
+
+    try:
+        server = web.make_server("127.0.0.1", 0, quiet=False)
+    except Exception as e:                     # noqa: BLE001 - the page's runtime may be missing here
+        pytest.skip(str(e))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/web/{'x' * 300}", timeout=10)
+        assert e.value.code == 404
+        for _ in range(3):                     # ask for the model, then hang up before reading it
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.sendall(b"GET /models/fer_model.int8.onnx HTTP/1.1\r\nHost: x\r\n\r\n")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/web/settings.json", timeout=10) as r:
+            assert r.status == 200                 # still serving
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
