@@ -17,7 +17,7 @@ import json
 
 from fer_common.cli import FERError, existing_file, make_parser, output_file, video_output
 from fer_common.infer.detection import add_detector_args, detector_from_args
-from fer_common.files import check_outputs, native_path, write_json
+from fer_common.files import check_outputs, native_path, printable, write_json
 from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.video.summary import FaceSummary, plot_summary, require_matplotlib, summarise_csv
 from fer_common.video.options import VIDEO_DETECT_SIZE, VIDEO_MIN_FACE, add_video_args, check_video_options
@@ -55,6 +55,7 @@ def report(summary: FaceSummary, args, source) -> None:
     """The per-face table, and the --summary / --plot files."""
     print(summary.table())
     if args.summary:
+        source = printable(source)                 # a name that is not UTF-8: its bytes escaped
         data = summary.to_dict(source=source)
         json.dumps(data, allow_nan=False)          # strict JSON: a NaN or Infinity is a bug, never a file
         try:
@@ -80,7 +81,8 @@ def main(args):
         if args.video or args.save_output or args.log_csv:
             raise FERError("--summary_from summarises a log without running a video: drop --video, --save_output "
                            "and --log_csv (or drop --summary_from)")
-        report(summarise_csv(args.summary_from), args, args.summary_from)
+        summary = summarise_csv(args.summary_from)
+        report(summary, args, summary.source or args.summary_from)      # the video the log says it came from
         return 0
     source = args.video if args.video else args.camera
     check_video_options(source, args.detect_every, args.smooth, args.max_frames or None, args.speed)

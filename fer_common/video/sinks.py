@@ -240,6 +240,9 @@ class VideoFile(Sink):
 
     def __enter__(self):
         ext = self.path.suffix.lower() or ".mp4"
+        if self.library == "pyav" and min(self.size) < 2:        # yuv420p halves each side: 1 px is nothing
+            raise FERError(f"cannot write video {self.path}: the frames are {self.size[0]}x{self.size[1]} px, and "
+                           f"{self.codec} needs at least 2x2; save as .avi")
         self._atomic = atomic_path(self.path, suffix=ext)
         tmp = self._atomic.__enter__()
         try:

@@ -52,6 +52,7 @@ class FaceSummary:
 
     def __init__(self, class_names):
         self.class_names = list(class_names)
+        self.source = None          # the video the faces were seen in (a log says which: its source column)
         # face id -> (times, probabilities row after row, top class indices): flat typed arrays, 40 bytes a
         # face-frame for seven classes, so a long video's summary stays small (30,000 frames: about 2 MB)
         self._rows = {}
@@ -71,6 +72,7 @@ class FaceSummary:
 
     def add_result(self, result) -> None:
         """Every face of a video frame's Result (its track ids name the faces)."""
+        self.source = self.source or result.source
         for face, p in zip(result.faces, probability_matrix(result, self.class_names)):
             self.add(face.track_id, result.time, p)
 
@@ -127,6 +129,9 @@ class FaceSummary:
         return "\n".join(lines)
 
 
+MAX_TIME_S = 365 * 24 * 3600       # a year: a log's time past it is damage, and would break a plot's axis
+
+
 def summarise_csv(path) -> FaceSummary:
     """The summary of a real_time_video.py --log_csv file (any class names: the columns between confidence and
     error, as in every results table: fer_common.results.table_columns)."""
@@ -155,6 +160,10 @@ def summarise_csv(path) -> FaceSummary:
                     raise FERError(f"{path} line {line}: time, track_id or a probability is not a number") from None
                 if not np.isfinite([time_s, *probabilities]).all():
                     raise FERError(f"{path} line {line}: time or a probability is not finite (NaN or infinity)")
+                if not 0 <= time_s <= MAX_TIME_S:
+                    raise FERError(f"{path} line {line}: time {time_s:g} s is not a time in a video (0 to a year)")
+                if summary.source is None and row[col["source"]]:
+                    summary.source = row[col["source"]]        # the video the log was written from
                 top = row[col["top_emotion"]]
                 if top not in index:
                     raise FERError(f"{path} line {line}: top_emotion '{top}' is none of the classes in the header")

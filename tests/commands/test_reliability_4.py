@@ -281,3 +281,37 @@ def test_the_page_server_answers_a_long_path_and_a_dropped_download_quietly(capf
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_a_video_one_pixel_wide_is_refused_for_browser_codecs_in_one_line(tmp_path, suffix):
+    from fer_common.errors import FERError
+    from fer_common.video.sinks import VideoFile
+
+    video = VideoFile(tmp_path / f"thin{suffix}", 10.0, (1, 40))
+    if video.library != "pyav":
+        pytest.skip("PyAV is not installed: OpenCV's writer is used")
+    with pytest.raises(FERError, match="needs at least 2x2"):
+        with video:
+            video.write(np.full((40, 1, 3), 100, np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_summary_from_a_log_names_its_video_and_survives_odd_names_and_times(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "log.csv"
+    code, err = run_video(["--video", TEST_VIDEO, "--no_display", "--max_frames", 10, "--log_csv", log], capsys)
+    assert code == 0, err
+    odd = latin1(tmp_path, b"journal\xe9.csv")
+    shutil.copy(log, odd)
+    code, err = run_video(["--summary_from", odd, "--summary", tmp_path / "s.json", "--plot", tmp_path / "p.png"],
+                          capsys)
+    assert code == 0, err
+    import json
+    assert json.loads((tmp_path / "s.json").read_text())["source"] == str(TEST_VIDEO)   # the log's video
+    rows = log.read_text().splitlines()
+    head, first = rows[0].split(","), rows[1].split(",")
+    first[head.index("time")] = "1e300"
+    (tmp_path / "huge.csv").write_text("\n".join([rows[0], ",".join(first)]) + "\n")
+    code, err = run_video(["--summary_from", tmp_path / "huge.csv", "--plot", tmp_path / "q.png"], capsys)
+    assert code == 1 and len(err) == 1 and "is not a time in a video" in err[0]
