@@ -29,7 +29,7 @@ from fer_common.cli import image_output, make_parser, output_file, positive_int
 from fer_common.infer.cluster import classifier_settings, init_ray, iter_results_ray
 from fer_common.infer.detection import add_detector_args, detector_from_args, detector_settings
 from fer_common.errors import FERError
-from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, printable, write_image
+from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, printable, writable_image_extension, write_image
 from fer_common.infer.overlay import Overlay, annotate
 from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.preprocess import read_image
@@ -77,15 +77,20 @@ def get_args_parser():
 
 
 def annotated_paths(images, target) -> list[Path]:
-    """One output file per image: `target` itself for a single image file, else target/<name> (made unique)."""
+    """One output file per image: `target` itself for a single image file, else target/<name> (made unique;
+    a .png for an image whose format holds no colour, such as .pgm)."""
     target = Path(target)
     if len(images) == 1 and not target.is_dir() and target.suffix.lower() in IMAGE_EXTENSIONS:
         return [target]
     if target.suffix.lower() in IMAGE_EXTENSIONS and not target.is_dir():
         raise FERError(f"--save_annotated {target}: give a folder when annotating {len(images)} images")
-    paths, seen = [], set()
+    paths, seen, colour = [], set(), {}
     for image in map(Path, images):
-        name, stem, suffix, k = image.name, image.stem, image.suffix, 1
+        stem, suffix, k = image.stem, image.suffix, 1
+        if suffix.lower() not in colour:            # .pgm, .pbm hold no colour: the drawing goes to a .png
+            colour[suffix.lower()] = writable_image_extension(suffix)
+        suffix = suffix if colour[suffix.lower()] else ".png"
+        name = stem + suffix
         while name in seen:
             k += 1
             name = f"{stem}_{k}{suffix}"

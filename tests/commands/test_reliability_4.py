@@ -315,3 +315,18 @@ def test_a_summary_from_a_log_names_its_video_and_survives_odd_names_and_times(t
     (tmp_path / "huge.csv").write_text("\n".join([rows[0], ",".join(first)]) + "\n")
     code, err = run_video(["--summary_from", tmp_path / "huge.csv", "--plot", tmp_path / "q.png"], capsys)
     assert code == 1 and len(err) == 1 and "is not a time in a video" in err[0]
+
+
+def test_annotating_a_folder_that_holds_a_gray_only_format_goes_to_the_end(tmp_path):
+    import cv2
+
+    from synthetic import run_script
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = cv2.imread(str(REPO / "Test_files" / "IMG_test_1.jpg"))
+    cv2.imwrite(str(folder / "a.pgm"), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "b.jpg"), image)
+    r = run_script("inference.py", folder, "--save_annotated", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg"]
