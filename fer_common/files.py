@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -216,15 +217,17 @@ def native_path(path, what: str, library: str = "OpenCV") -> str:
 
 
 def printable(text) -> str:
-    """`text` (a str or a path) with any lone surrogates (bytes of a file name that is not UTF-8) written as
-    backslash escapes: safe to print, draw or encode as UTF-8."""
+    """`text` (a str or a path) safe to print, draw, write on one line or encode as UTF-8: lone surrogates
+    (bytes of a file name that is not UTF-8) and control characters (a newline in a name) as backslash
+    escapes (\\xff, \\x0a)."""
     text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
-    if text.isascii():
+    if text.isascii() and text.isprintable():
         return text
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:      # a surrogate that is no escaped byte (from JSON's \ud800, say)
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def strict_json(obj, **kwargs) -> str:

@@ -330,3 +330,18 @@ def test_annotating_a_folder_that_holds_a_gray_only_format_goes_to_the_end(tmp_p
     r = run_script("inference.py", folder, "--save_annotated", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg"]
+
+
+def test_a_csv_resume_after_a_name_holding_a_newline_takes_its_own_file(tmp_path):
+    from synthetic import run_script
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(REPO / "Test_files" / "IMG_test_1.jpg", folder / "line\nbreak.jpg")
+    shutil.copy(REPO / "Test_files" / "IMG_test_1.jpg", folder / "plain.jpg")
+    out = tmp_path / "out.csv"
+    r = run_script("inference.py", folder, "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text().splitlines()) == 3 and "line\\x0abreak.jpg" in out.read_text()   # one line a face
+    r = run_script("inference.py", folder, "--output", out, "--resume")
+    assert r.returncode == 0 and "2 of 2 images are already in" in r.stdout + r.stderr, r.stderr
