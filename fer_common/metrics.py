@@ -96,7 +96,10 @@ def draw_confusion_matrix(cm: np.ndarray, class_names, path, title: str = "") ->
     column_labels = None if upright else cv2.rotate(row_labels, cv2.ROTATE_90_COUNTERCLOCKWISE)
     left = max(110, row_labels.shape[1] + 8)
     below = 30 if upright else column_labels.shape[0] + 10
-    width, height = max(left + grid + 20, 320), top + grid + below + 60
+    # wide enough for the title (its accuracy is the headline) and the row caption, however few the classes
+    title_width = cv2.getTextSize(printable(title), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0] + 16 if title else 0
+    caption_width = cv2.getTextSize("true class (rows sum to 100%)", cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] + 16
+    width, height = max(left + grid + 20, 320, title_width, caption_width), top + grid + below + 60
     image = np.full((height, width, 3), 255, np.uint8)
     image[top:top + grid, left:left + grid] = cells
     image[top:top + grid, left - row_labels.shape[1] - 4:left - 4] = row_labels

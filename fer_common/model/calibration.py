@@ -122,7 +122,13 @@ def draw_reliability_diagram(curves: dict, labels, path, title: str = "", bins: 
         cv2.putText(image, f"{name}: ECE {ece * 100:.2f}%", (left + 32, y), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(image, "confidence of the top emotion", (left + size // 2 - 110, top + size + 40), font, 0.45,
                 (80, 80, 80), 1, cv2.LINE_AA)
-    cv2.putText(image, "accuracy", (4, top - 10), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
+    # the y axis's label, upright along the axis (not on the plot's corner)
+    (lw, lh), lb = cv2.getTextSize("accuracy", font, 0.45, 1)
+    label = np.full((lh + lb + 4, lw + 4, 3), 255, np.uint8)
+    cv2.putText(label, "accuracy", (2, lh + 2), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
+    label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    y0 = top + (size - label.shape[0]) // 2
+    image[y0:y0 + label.shape[0], 6:6 + label.shape[1]] = label
     if title:
         cv2.putText(image, title, (8, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     write_image(path, image)

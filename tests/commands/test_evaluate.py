@@ -69,3 +69,17 @@ def test_evaluate_script_matches_a_count_by_hand(tmp_path):
 
     r = run_script("evaluate.py", "--data", data / "test", "--checkpoint", ckpt_path, "--output_dir", out)
     assert r.returncode == 1 and "--overwrite" in r.stderr
+
+
+def test_the_confusion_matrix_keeps_its_whole_title_for_few_classes(tmp_path):
+    import cv2
+    import numpy as np
+
+    from fer_common.metrics import draw_confusion_matrix
+
+    title = "default model on a two-class folder: accuracy 80.00%, macro F1 79.51%"
+    draw_confusion_matrix(np.array([[5, 1], [2, 7]]), ["Happy", "Sad"], tmp_path / "cm.png", title=title)
+    image = cv2.imread(str(tmp_path / "cm.png"))
+    width = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0]
+    assert image.shape[1] >= width + 8                      # the accuracy, its headline, is not cut off
+    assert (image[:, -4:] == 255).all()                     # and nothing is drawn up to the right edge
