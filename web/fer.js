@@ -503,6 +503,11 @@ function page() {
     return frameCtx.getImageData(0, 0, width, height).data;
   };
 
+  const clearView = () => {          // no picture of an earlier file or the camera under a new message
+    ctx.fillStyle = "#222";
+    ctx.fillRect(0, 0, view.width, view.height);
+  };
+
   const stop = () => {
     loop++;
     if (stream) stream.getTracks().forEach((t) => t.stop());
@@ -514,7 +519,14 @@ function page() {
 
   async function showImage(file) {
     stop();
-    const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    } catch (e) {
+      clearView();
+      status(`${file.name}: not an image this browser can decode (${e.message || e})`);
+      return;
+    }
     const rgba = grab(bitmap, bitmap.width, bitmap.height);
     const settings = { ...IMAGE_SETTINGS, tta: $("tta").checked };
     const results = await analyse(models, rgba, bitmap.width, bitmap.height, settings);
@@ -530,6 +542,7 @@ function page() {
     try {
       await video.play();
     } catch (e) {     // e.g. an MPEG-4 Part 2 (mp4v) file: browsers decode H.264, VP8/VP9 and AV1
+      clearView();
       status(`${name}: this browser cannot play it (${e.message}); try an H.264 .mp4 or a .webm`);
       return;
     }
@@ -556,9 +569,11 @@ function page() {
 
   async function startCamera() {
     stop();
+    $("file").value = "";              // the chooser no longer names the file shown before
     try {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
     } catch (e) {
+      clearView();
       status(`no camera: ${e.message}`);
       return;
     }
