@@ -33,12 +33,18 @@ def main(argv=None) -> None:
     if name not in COMMANDS:
         print(f"fer: error: unknown command '{argv[0]}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
-    from fer_common.cli import run_main
+    from fer_common.cli import one_line_errors, run_main, say_as
 
-    module = importlib.import_module(f"fer_common.{COMMANDS[name][0]}")
-    parser = module.get_args_parser()
+    with one_line_errors(f"fer {name}"):       # a command module that cannot load is one line too
+        module = importlib.import_module(f"fer_common.{COMMANDS[name][0]}")
+        parser = module.get_args_parser()
     parser.prog = f"fer {name}"
-    run_main(module.main, parser, argv[1:])
+    # A pip user has `fer NAME`, not the checkout's scripts: help and errors name what they have.
+    names = {script: f"fer {command}" for command, (_, script, _) in COMMANDS.items() if script}
+    parser.description = say_as(parser.description, names)
+    for action in parser._actions:
+        action.help = say_as(action.help, names)
+    run_main(module.main, parser, argv[1:], names)
 
 
 if __name__ == "__main__":

@@ -278,13 +278,14 @@ def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
 
 
 @contextlib.contextmanager
-def one_line_errors(prog: str = "fer"):
+def one_line_errors(prog: str = "fer", names: dict | None = None):
     """Turn FERError, a missing module of an extra, Ctrl-C, a closed pipe or an OS error into one line and an exit
-    code. Anything else still ends in one line (asking for a report), never a traceback."""
+    code. Anything else still ends in one line (asking for a report), never a traceback. `names`: the scripts a
+    message may name and what the user runs instead (say_as)."""
     try:
         yield
     except FERError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {say_as(str(e), names)}", file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as e:
         print(f"error: {missing_extra_message(e, prog) or f'a module is missing: {e.name} (please report)'}",
@@ -310,7 +311,17 @@ def one_line_errors(prog: str = "fer"):
         sys.exit(1)
 
 
-def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
+def say_as(text, names: dict | None):
+    """`text` with each checkout script it names ("python fine_tuning.py", "advanced_pretrained.py") as the
+    command that runs it (names: script -> "fer train", ...); unchanged without names."""
+    if not text or not names:
+        return text
+    for script, command in names.items():
+        text = re.sub(rf"(?:python )?\b{re.escape(script)}", command, text)
+    return text
+
+
+def run_main(main, parser: argparse.ArgumentParser, argv=None, names: dict | None = None) -> None:
     """Parse arguments, call main(args), and turn every failure into one line and an exit code (one_line_errors)."""
     quiet_native_logs()
     # A file name that is not UTF-8 (a lone surrogate in Python) is printed with its bytes escapes, not a crash.
@@ -318,6 +329,6 @@ def run_main(main, parser: argparse.ArgumentParser, argv=None) -> None:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
-    with one_line_errors(parser.prog):
+    with one_line_errors(parser.prog, names):
         code = main(args)
     sys.exit(code or 0)

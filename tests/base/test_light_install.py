@@ -178,3 +178,13 @@ def test_wheel_installs_light_and_runs_fer(tmp_path):
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=10)
+
+
+def test_fer_names_fer_commands_not_the_checkouts_scripts(tmp_path):
+    # a pip user has `fer train`, not fine_tuning.py: help and errors say what the user has (issue 34)
+    r = run_fer(["train", "--help"], tmp_path, False)
+    assert r.returncode == 0 and "fine_tuning.py" not in r.stdout and "fer train" in r.stdout
+    r = run_fer(["train", "--dataset_path", tmp_path / "nothing"], tmp_path, False)
+    assert r.returncode == 1 and "fer split" in r.stderr and "validation_split.py" not in r.stderr
+    r = run_fer(["analyse", TEST_IMAGE, "--model_type", "advanced"], tmp_path, True)
+    assert r.returncode == 1 and "fer train-advanced" in r.stderr and "advanced_fine_tuning.py" not in r.stderr
