@@ -166,6 +166,9 @@ def main(args):
     images = list_images(args.images, args.recursive)
     annotated = check_paths(args, images)
     if args.engine == "ray":
+        where = "a new local cluster" if args.address in (None, "", "none", "local") else f"the cluster {args.address}"
+        print(f"starting Ray: {where}; each worker then loads the model and the detector (a few seconds)",
+              file=sys.stderr, flush=True)
         init_ray(args.address, args.workers)        # before any output: no Ray, or no cluster there, is one line
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # keep stdout pure JSON
     predictor = predictor_from_args(args, log=log)
@@ -194,6 +197,8 @@ def main(args):
                       "command to go on", file=sys.stderr)
         stack.push(say_how_to_resume)
         for r in results:
+            if args.engine == "ray" and tally.read + tally.skipped_count == 0:
+                bar.reset(total=bar.total)          # the time left counts from the first result, not Ray's start-up
             tally.add(r)
             bar.update(1)
             if r.size is None and args.strict:
