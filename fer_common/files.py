@@ -365,18 +365,19 @@ def check_outputs_distinct(outputs: dict, inputs: dict | None = None) -> None:
 
 
 def check_outputs(outputs: dict, overwrite: bool = False, inputs: dict | None = None, data: dict | None = None,
-                  replaceable=(), streamed=()) -> list[Path]:
+                  replaceable=(), own_rule=()) -> list[Path]:
     """May I write here? The one check of everything a command will write, before the work starts: no two
     outputs the same file, no output one of the inputs (images, videos, model files: every file the command
     reads), none inside a data folder (`data`), and each writable without replacing an existing file unless
-    `overwrite` (paths in `replaceable` may be replaced: the run's own files). Outputs named in `streamed`
-    (results files that --resume continues) are left to their writer's own rule (writers.check_results_file).
+    `overwrite` (paths in `replaceable` may be replaced: the run's own files). Outputs whose flag is in
+    `own_rule` are checked for all that but writability, which their writer decides by a rule of its own (a
+    results file that --resume continues: writers.check_results_file; a folder of annotated images).
     Each dict maps a flag (or a description) to a path; None is skipped."""
     check_outputs_distinct(outputs, inputs)
     check_outside(outputs, data or {})
     checked = []
     for flag, path in outputs.items():
-        if path and flag not in streamed:
+        if path and flag not in own_rule:
             own = any(same_file(path, r) for r in replaceable)
             checked.append(check_writable(path, flag, overwrite or own))
     return checked

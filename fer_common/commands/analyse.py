@@ -29,7 +29,7 @@ from fer_common.cli import image_output, make_parser, output_file, positive_int
 from fer_common.infer.cluster import classifier_settings, init_ray, iter_results_ray
 from fer_common.infer.detection import add_detector_args, detector_from_args, detector_settings
 from fer_common.errors import FERError
-from fer_common.files import IMAGE_EXTENSIONS, check_outputs_distinct, check_outside, check_writable, printable, writable_image_extension, write_image
+from fer_common.files import IMAGE_EXTENSIONS, check_outputs, check_outputs_distinct, check_writable, printable, writable_image_extension, write_image
 from fer_common.infer.overlay import Overlay, annotate
 from fer_common.infer.predictor import add_predictor_args, model_inputs, predictor_from_args
 from fer_common.preprocess import read_image
@@ -143,13 +143,11 @@ def check_paths(args, images) -> list | None:
     if args.output:
         check_results_file(args.output, args.resume, args.overwrite)
     annotated = annotated_paths(images, args.save_annotated) if args.save_annotated else None
-    folders = {f"input folder {p}": p for p in args.images if Path(p).is_dir()}
-    check_outside({"--save_annotated": args.save_annotated}, folders)
-    if args.output:
-        check_outputs_distinct({"--output": args.output, "its provenance file": meta_path(args.output),
-                                "--save_annotated": args.save_annotated},
-                               inputs={**{f"input {p}": p for p in args.images if Path(p).is_file()},
-                                       **model_inputs(args)})
+    outputs = {"--output": args.output, "its provenance file": meta_path(args.output) if args.output else None,
+               "--save_annotated": args.save_annotated}
+    check_outputs(outputs, args.overwrite, data={f"input folder {p}": p for p in args.images if Path(p).is_dir()},
+                  inputs={**{f"input {p}": p for p in args.images if Path(p).is_file()}, **model_inputs(args)},
+                  own_rule=tuple(outputs))       # the results file's rule is above; annotated images just below
     for path in annotated or ():
         check_writable(path, "annotated image", args.overwrite)
     if annotated:

@@ -10,7 +10,7 @@ import numpy as np
 from fer_common import cli
 from fer_common.datasets.folders import list_samples
 from fer_common.errors import FERError
-from fer_common.files import atomic_path, check_outside, check_writable, strict_json
+from fer_common.files import atomic_path, check_outputs, strict_json
 from fer_common.infer.bulk import iter_results
 from fer_common.infer.predictor import Predictor
 from fer_common.model.calibration import MIN_IMAGES, fit_calibration
@@ -22,8 +22,7 @@ def calibrate_file(model_path, data, output, overwrite: bool = False, batch_size
                    min_images: int = MIN_IMAGES) -> dict:
     """Fit the temperature of a .pth or .onnx model on a folder data set and write the model with it to `output`."""
     model_path, output = Path(model_path), Path(output)
-    check_writable(output, "calibrated model", overwrite=overwrite)
-    check_outside({"--output": output}, {"--data": data})
+    check_outputs({"calibrated model": output}, overwrite, data={"--data": data})   # it may replace the model
     if output.suffix.lower() != model_path.suffix.lower():
         raise FERError(f"{output} must have the same extension as {model_path}")
     predictor = Predictor(model_path, device="cpu")

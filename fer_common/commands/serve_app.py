@@ -214,8 +214,7 @@ def make_app(service: Service, options: ServeOptions) -> Starlette:
         if page_missing is not None:
             raise ServeError(404, f"the browser page is not served: {page_missing}")
         if web.is_page_root(request.url.path):
-            query = request.url.query                         # ?model=ferplus travels along, as with fer web
-            return RedirectResponse(web.PAGE_URL + (f"?{query}" if query and len(query) < 200 else ""), status_code=302)
+            return RedirectResponse(web.page_location(request.url.query), status_code=302)
         path = web.resolve(request.url.path)
         if path is None:
             raise ServeError(404, f"not served: {request.url.path} (only /web/ and the page's models are)")

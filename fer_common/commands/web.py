@@ -125,6 +125,12 @@ def resolve(url_path: str) -> Path | None:
         return None
 
 
+def page_location(query: str = "") -> str:
+    """Where the server's root sends a browser: the page, with the query it came with (?model=ferplus,
+    ?backend=wasm; an overlong one is dropped)."""
+    return PAGE_URL + (f"?{query}" if query and len(query) < 200 else "")
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     """GET / HEAD of the page's files (resolve, page_headers); / goes to /web/."""
 
@@ -140,8 +146,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _send(self, body: bool):
         if is_page_root(self.path):
             self.send_response(302)
-            query = urlsplit(self.path).query                 # ?model=ferplus, ?backend=wasm travel along
-            self.send_header("Location", PAGE_URL + (f"?{query}" if query and len(query) < 200 else ""))
+            self.send_header("Location", page_location(urlsplit(self.path).query))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
