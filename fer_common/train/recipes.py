@@ -61,17 +61,19 @@ class Teachers:
     """Trained models whose averaged, temperature-softened probabilities a student learns from (distillation).
 
     Each teacher gets the student's augmented batch in its own preprocessing (size, channels, normalisation),
-    so teachers of another width or input size work too. They run under torch.inference_mode. With `mirror`
+    so teachers of another width or input size work too. A teacher may know more classes than the data (the
+    FER+ model's Contempt teaching a 7-class student): its logits are matched to the data's classes by name,
+    case aside, and the rest dropped, so its probabilities are renormalised over the student's classes. They
+    run under torch.inference_mode. With `mirror`
     each teacher also sees the mirror image and its probabilities are averaged (test-time augmentation for
     the teachers only: twice their cost, none at the student's run time).
     """
 
     def __init__(self, paths, class_names, student_prep: dict, device, temperature: float = 4.0, mirror: bool = False):
-        self.models, self.preps, self.temperature, self.mirror = [], [], temperature, mirror
+        self.models, self.preps, self.columns, self.temperature, self.mirror = [], [], [], temperature, mirror
         for path in paths:
             ckpt = load_checkpoint(path)
-            if list(ckpt["class_names"]) != list(class_names):
-                raise FERError(f"teacher {path} has classes {ckpt['class_names']}, the data has {class_names}")
+            self.columns.append(teacher_columns(ckpt["class_names"], class_names, path))
             if ckpt["preprocessing"]["channels"] != student_prep["channels"]:
                 raise FERError(f"teacher {path} takes {ckpt['preprocessing']['channels']}-channel images, "
                                f"the student {student_prep['channels']}-channel ones")
@@ -87,7 +89,7 @@ class Teachers:
     def _soft_targets(self, x: torch.Tensor) -> torch.Tensor:
         unit = x.float() * self.student_std + self.student_mean     # back to [0, 1] pixels
         total = 0
-        for model, (size, mean, std) in zip(self.models, self.preps):
+        for model, (size, mean, std), columns in zip(self.models, self.preps, self.columns):
             t = unit
             if tuple(t.shape[-2:]) != size:
                 t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
@@ -95,8 +97,22 @@ class Teachers:
             views = (t, t.flip(-1)) if self.mirror else (t,)
             for view in views:
                 logits, _ = model(view.contiguous(memory_format=torch.channels_last))
+                if columns is not None:
+                    logits = logits[:, columns]
                 total = total + torch.softmax(logits.float() / self.temperature, dim=1) / len(views)
         return total / len(self.models)
+
+
+def teacher_columns(teacher_classes, class_names, path) -> list[int] | None:
+    """The teacher's logit column of each of the data's classes (None when they are the same list), by name."""
+    if list(teacher_classes) == list(class_names):
+        return None
+    known = {name.lower(): i for i, name in enumerate(teacher_classes)}
+    missing = [name for name in class_names if name.lower() not in known]
+    if missing:
+        raise FERError(f"teacher {path} has classes {list(teacher_classes)}, which lack {missing} of the data's "
+                       f"{list(class_names)}")
+    return [known[name.lower()] for name in class_names]
 
 
 def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:

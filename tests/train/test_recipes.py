@@ -78,8 +78,26 @@ def test_teachers_with_mirror_tta_average_each_face_and_its_mirror(tmp_path):
 
 def test_teacher_with_other_classes_is_refused(tmp_path):
     save_default(tmp_path / "p.pth", class_names=["A", "B", "C"])
-    with pytest.raises(Exception, match="has classes"):
+    with pytest.raises(Exception, match="has classes .* which lack"):
         Teachers([tmp_path / "p.pth"], EMOTIONS, default_preprocessing("default"), torch.device("cpu"))
+
+
+def test_teacher_with_more_classes_teaches_the_students_by_name(tmp_path):
+    """An 8-class FER+ teacher (Contempt, its own order) teaches a 7-class student: columns matched by name,
+    Contempt dropped, probabilities renormalised over the student's classes."""
+    ferplus = ["neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt"]
+    teacher = save_default(tmp_path / "t.pth", class_names=ferplus, seed=4)
+    student = sorted(EMOTIONS)
+    teachers = Teachers([tmp_path / "t.pth"], student, default_preprocessing("default"), torch.device("cpu"),
+                        temperature=2.0)
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        logits = teacher(x)[0]
+    columns = [ferplus.index(name.lower()) for name in student]
+    expected = torch.softmax(logits / 2, 1)[:, columns]
+    expected = expected / expected.sum(1, keepdim=True)
+    soft = teachers.soft_targets(x)
+    assert soft.shape == (3, 7) and torch.allclose(soft, expected, atol=1e-5)
 
 
 def test_distilled_student_loss_falls(tiny_data, tmp_path):
