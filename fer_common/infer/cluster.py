@@ -26,9 +26,12 @@ Ray is optional (pip install 'fer-toolkit[cluster]'); it and pyarrow are importe
 
 import contextlib
 import logging
-import socket
 import os
 import pickle
+import re
+import socket
+import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -79,7 +82,8 @@ class BatchClassifier:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        results = classify_batch(self.predictor, [str(p) for p in batch["path"]], self.detector, self.batch_size)
+        paths = [os.fsdecode(p) for p in batch["path"]]        # bytes: names need not be UTF-8
+        results = classify_batch(self.predictor, paths, self.detector, self.batch_size)
         blobs = np.empty(len(results), dtype=object)
         blobs[:] = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results]
         return {"index": np.asarray(batch["index"], np.int64), "result": blobs}
@@ -167,9 +171,44 @@ def _quiet_ray_data(ray):
         logger.setLevel(saved[1])
 
 
+# Ray's C++ core worker logs this at error level to the driver's fd 2 whenever Ray Data starts its actor pool (Ray
+# Data itself puts the constructor arguments in the object store; ray-project/ray#53727): not a fault of the run.
+RAY_ACTOR_NOTICE = re.compile(rb"\[[^\]\n]*\] core_worker\.cc:\d+: Actor with class name: [^\n]* has constructor "
+                              rb"arguments in the object store[^\n]*\n")
+
+
+@contextlib.contextmanager
+def _native_stderr_without(notice: re.Pattern = RAY_ACTOR_NOTICE):
+    """For the job, fd 2 goes through a thread that drops the lines matching `notice` and passes everything else
+    on at once (progress bars, warnings, Ray's other lines and real errors). Native libraries write their log
+    lines to fd 2 directly, past Python's logging, each in one write(), which a pipe delivers whole. Start it
+    after ray.init, so that Ray's own processes keep the real stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward():
+        while chunk := os.read(read, 1 << 16):
+            os.write(saved, notice.sub(b"", chunk))
+
+    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)                   # the pipe's last writer closes: the thread reads to the end and stops
+        thread.join(timeout=5)
+        os.close(read)
+        os.close(saved)
+
+
 def _blocks(pa, images: list, per_block: int) -> list:
-    absolute = [os.path.abspath(p) for p in images]
-    return [pa.table({"path": absolute[s:s + per_block], "index": np.arange(s, min(s + per_block, len(images)))})
+    absolute = [os.fsencode(os.path.abspath(p)) for p in images]      # bytes: names need not be UTF-8
+    return [pa.table({"path": pa.array(absolute[s:s + per_block], pa.binary()),
+                      "index": np.arange(s, min(s + per_block, len(images)))})
             for s in range(0, len(images), per_block)]
 
 
@@ -191,7 +230,7 @@ def iter_results_ray(images: list, settings: dict, batch_size: int = DEFAULT_BAT
     batches = max(1, min(BATCHES_PER_BLOCK, -(-len(images) // (2 * workers * batch_size))))
     per_block = max(batch_size * batches, -(-len(images) // MAX_BLOCKS))
     blocks = _blocks(pa, images, per_block)
-    with connect(address, num_cpus=workers) as ray, _quiet_ray_data(ray):
+    with connect(address, num_cpus=workers) as ray, _quiet_ray_data(ray), _native_stderr_without():
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(classifier, fn_constructor_kwargs=dict(settings, batch_size=batch_size),
                             batch_size=batch_size, batch_format="numpy",

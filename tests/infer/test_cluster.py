@@ -2,6 +2,7 @@
 killed worker, and writes Parquet that pandas reads; `inference.py --engine ray` as a user types it."""
 
 import os
+import subprocess
 import sys
 
 import cv2
@@ -135,8 +136,14 @@ def test_a_killed_worker_is_retried_and_detected_faces_equal_the_local_engines(r
 
 
 def test_inference_script_with_the_ray_engine_writes_the_local_engines_rows(ray_cluster, tmp_path):
+    """As a user types it, names that are not UTF-8 included; Ray's notice about its own actors stays out."""
     folder = tmp_path / "crops"
-    make_crops(folder, 20, bad={5})
+    paths = make_crops(folder, 20, bad={5})
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.png")      # a name copied from a Latin-1 system
+    try:
+        os.rename(os.fsencode(paths[7]), latin1)
+    except OSError:     # a file system that takes only UTF-8 names
+        pass
     common = [folder, "--no_detect", "--batch_size", "4"]
     r = run_script("inference.py", *common, "--output", tmp_path / "local.csv", timeout=120)
     assert r.returncode == 0, r.stderr
@@ -144,8 +151,27 @@ def test_inference_script_with_the_ray_engine_writes_the_local_engines_rows(ray_
                    "--output", tmp_path / "ray.parquet", timeout=180)
     assert r.returncode == 0, r.stderr
     assert "20 images: 19 read, 1 skipped" in r.stdout + r.stderr
+    assert "core_worker" not in r.stderr and "Traceback" not in r.stderr
     assert plain(pd.read_parquet(tmp_path / "ray.parquet")) == plain(pd.read_csv(tmp_path / "local.csv"))
     assert (tmp_path / "ray.parquet.meta.json").read_text() == (tmp_path / "local.csv.meta.json").read_text()
+
+
+def test_native_stderr_filter_drops_rays_actor_notice_and_passes_the_rest():
+    """What native code writes to fd 2 during a job: Ray's notice about its actors' constructor arguments (one
+    write, as Ray logs) goes, everything else (a progress bar without a newline, Ray's other lines, a partial
+    last line) comes through."""
+    notice = (b"[2026-12-03 07:05:02,840 E 3039 3039] core_worker.cc:2465: Actor with class name: 'MapWorker(X)' "
+              b"and ID: 'ab' has constructor arguments in the object store and max_restarts > 0. See ...\n")
+    other = b"[2026-12-03 07:05:03,000 E 3039 3039] core_worker.cc:99: a real error\n"
+    code = (f"import os, sys; sys.path.insert(0, {str(REPO)!r}); from fer_common.infer import cluster\n"
+            f"with cluster._native_stderr_without():\n"
+            f"    for part in [b'\\rimages: 0%', {notice!r}, {other!r}, b'\\rimages: 100%\\n',"
+            f" b'[partial']:\n"
+            f"        os.write(2, part)\n"
+            f"print('done', file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b"\rimages: 0%" + other + b"\rimages: 100%\n[partialdone\n"
 
 
 def test_without_ray_the_engine_says_what_to_install(monkeypatch):
