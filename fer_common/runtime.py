@@ -57,9 +57,10 @@ def _provider_options(name: str, preprocessing: dict | None):
 
 
 def make_session(path, provider: str = "cpu", device: str = "auto", preprocessing: dict | None = None,
-                 threads: int | None = None, spin: bool = False):
+                 threads: int | None = None, spin: bool = False, name: str | None = None):
     """An InferenceSession, made once per model file; returns (session, provider actually used).
 
+    path: the model file, or the model's bytes (then `name` says what it is in errors).
     threads: intra-op threads; default 1 for a model with a small input (the 48x48 CNN is too small to split
         across cores), every core for bigger ones.
     spin: let idle threads spin-wait. Off by default: spinning threads steal the core that OpenCV decodes
@@ -79,7 +80,10 @@ def make_session(path, provider: str = "cpu", device: str = "auto", preprocessin
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3                # errors only: no warnings about unused GPU providers
     try:
-        model = str(path) if utf8_name(path) else Path(path).read_bytes()     # ORT refuses such names: bytes
+        if isinstance(path, (bytes, bytearray)):
+            model, path = bytes(path), name or "the model"
+        else:                                                 # ORT refuses names that are not UTF-8: bytes
+            model = str(path) if utf8_name(path) else Path(path).read_bytes()
         session = ort.InferenceSession(model, sess_options=options,
                                        providers=[(p, _provider_options(p, preprocessing)) for p in providers])
     except Exception as e:

@@ -1,4 +1,5 @@
-"""Face detection: YuNet (default, shipped in models/) or OpenCV's bundled Haar cascade; boxes in FER-2013 framing.
+"""Face detection: YuNet (default, shipped in models/, run by ONNX Runtime: infer/yunet.py) or OpenCV's bundled Haar
+cascade; boxes in FER-2013 framing.
 
     detector = FaceDetector()                 # once, never per frame
     boxes = detector.detect(frame_bgr)        # K x 4 int [x, y, w, h], left to right, framed as FER-2013 faces
@@ -17,7 +18,8 @@ import numpy as np
 from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.shipped import DETECTOR_FILE, SHIPPED_MODELS_DIR
-from fer_common.files import native_path, sha256_file
+from fer_common.files import os_error_text, printable, sha256_file
+from fer_common.infer.yunet import YuNetRuntime
 
 DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
@@ -60,28 +62,37 @@ def yunet_model_path(model_path=None) -> Path:
     return SHIPPED_YUNET
 
 
-def check_yunet_file(path: Path) -> None:
-    """A clear error, before OpenCV sees it, when `path` is not a YuNet (2023mar) ONNX model."""
-    import onnx   # only here: a few hundred ms to import, and only YuNet needs it
-
-    data = path.read_bytes()
-    if not data:
-        raise FERError(f"{path} is empty, not a YuNet face detector model (--detector_model)")
+def load_yunet(path: Path, score_threshold: float, nms_threshold: float) -> YuNetRuntime:
+    """YuNet on ONNX Runtime from `path`, or one line saying why the file is not a YuNet (2023mar) model."""
+    name = printable(path)
     try:
-        graph = onnx.load_model_from_string(data).graph
-    except Exception:    # protobuf's DecodeError and friends: the bytes are not an ONNX model
-        raise FERError(f"{path} is not an ONNX file, so not a YuNet face detector model (--detector_model)") from None
-    outputs = {o.name for o in graph.output}
+        data = path.read_bytes()
+    except OSError as e:
+        raise FERError(f"cannot read the face detector model {name}: {os_error_text(e)}") from None
+    if not data:
+        raise FERError(f"{name} is empty, not a YuNet face detector model (--detector_model)")
+    try:
+        net = YuNetRuntime(data, score_threshold, nms_threshold, TOP_K, name=name)
+    except FERError:
+        raise FERError(f"{name} is not an ONNX file ONNX Runtime can load, so not a YuNet face detector model "
+                       f"(--detector_model)") from None
+    outputs = {o.name for o in net.session.get_outputs()}
     if not YUNET_OUTPUTS <= outputs:
         shown = ", ".join(sorted(outputs)[:4]) or "none"
-        raise FERError(f"{path} is not a YuNet face detector model (its outputs are {shown}; YuNet 2023mar has "
+        raise FERError(f"{name} is not a YuNet face detector model (its outputs are {shown}; YuNet 2023mar has "
                        f"cls_8 ... kps_32): pass {YUNET_FILE} as --detector_model")
+    try:
+        net.detect(np.zeros((64, 64, 3), np.uint8))      # runs it once: fails here, not on the first image
+    except Exception:
+        raise FERError(f"ONNX Runtime cannot run {name} as a YuNet face detector (--detector_model)") from None
+    return net
 
 
 class FaceDetector:
     """Faces in a BGR (or gray) frame, as integer [x, y, w, h] boxes in FER-2013 framing.
 
-    kind: 'yunet' (cv2.FaceDetectorYN with the shipped model, default) or 'haar' (OpenCV's bundled cascade).
+    kind: 'yunet' (the shipped model on ONNX Runtime, as cv2.FaceDetectorYN decodes it; default) or 'haar'
+        (OpenCV's bundled cascade).
     detect_size (yunet): the image is detected on a copy whose shorter side is at most this, so that a face
         filling the frame stays within the ~300 px YuNet finds; boxes are mapped back.
     min_face (yunet): smallest face side, in pixels of the original image, to find. When the first pass is too
@@ -115,18 +126,8 @@ class FaceDetector:
         if self.detect_size < 32:
             raise FERError(f"detect_size must be at least 32 (got {self.detect_size})")
         self.model_path = yunet_model_path(model_path)
-        if model_path:
-            check_yunet_file(self.model_path)
-        # One network per pass, so that alternating passes do not re-plan the network every frame.
-        self._nets = {}
         self.score_threshold, self.small_face_score = score_threshold, small_face_score
-        model = native_path(self.model_path, "face detector model")
-        self._make = lambda: cv2.FaceDetectorYN.create(model, "", (64, 64), score_threshold,
-                                                        nms_threshold, TOP_K)
-        try:
-            self._run("coarse", np.zeros((64, 64, 3), np.uint8))   # loads and runs it once: fails here, not later
-        except cv2.error:
-            raise FERError(f"OpenCV cannot run {self.model_path} as a YuNet face detector (--detector_model)") from None
+        self._net = load_yunet(self.model_path, score_threshold, nms_threshold)
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """K x 4 int32 boxes [x, y, w, h], FER-2013 framing, in the frame's coordinates, sorted left to right."""
@@ -156,11 +157,11 @@ class FaceDetector:
         if min(h, w) < YUNET_MIN_FACE:
             return np.zeros((0, 15), np.float32)    # no face fits (YuNet's boxes on such strips are garbage)
         scale = min(1.0, self.detect_size / min(h, w))
-        faces = self._detect_at("coarse", frame, scale)
+        faces = self._detect_at(frame, scale)
         if self.min_face and scale * self.min_face < YUNET_MIN_FACE:
             # The first pass cannot see faces this small: a finer pass adds those it is blind to (under
             # 2x its smallest face), and the two sets are merged without duplicates.
-            fine = self._detect_at("fine", frame, min(1.0, YUNET_MIN_FACE / self.min_face))
+            fine = self._detect_at(frame, min(1.0, YUNET_MIN_FACE / self.min_face))
             fine = fine[np.sqrt(fine[:, 2] * fine[:, 3]) * scale < 2 * YUNET_MIN_FACE]
             faces = _merge(faces, fine)
         faces = faces[np.isfinite(faces).all(axis=1)]
@@ -170,21 +171,11 @@ class FaceDetector:
         faces = faces[inside]
         return faces[keep_scores(faces, self.score_threshold, self.small_face_score, scale)]
 
-    def _run(self, name: str, image: np.ndarray) -> np.ndarray:
-        if name not in self._nets:
-            self._nets[name] = [self._make(), None]
-        net, size = self._nets[name]
-        if size != image.shape[:2]:       # only when the image size changes, not per frame
-            net.setInputSize((image.shape[1], image.shape[0]))
-            self._nets[name][1] = image.shape[:2]
-        _, faces = net.detect(image)
-        return np.zeros((0, 15), np.float32) if faces is None else faces
-
-    def _detect_at(self, name: str, frame: np.ndarray, scale: float) -> np.ndarray:
+    def _detect_at(self, frame: np.ndarray, scale: float) -> np.ndarray:
         h, w = frame.shape[:2]
         small = frame if scale >= 1 else cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                      interpolation=cv2.INTER_AREA)
-        faces = self._run(name, small).copy()
+        faces = self._net.detect(small)
         faces[:, :14] /= np.array([small.shape[1] / w, small.shape[0] / h] * 7, np.float32)
         return faces
 

@@ -75,13 +75,35 @@ def test_large_frames_are_detected_downscaled_and_mapped_back(yunet):
 def test_small_faces_get_a_second_pass_only_when_needed(yunet, monkeypatch):
     image, centres = grid(cv2.imread(str(TEST_IMAGE)))          # 12 faces of 24 px in 1280 x 720
     passes = []
-    run = yunet._run
-    monkeypatch.setattr(yunet, "_run", lambda name, img: passes.append(name) or run(name, img))
+    run = yunet._net.detect
+    monkeypatch.setattr(yunet._net, "detect", lambda img: passes.append(img.shape[:2]) or run(img))
     assert match(yunet.detect(image), centres) == (12, 0)
-    assert passes == ["coarse", "fine"]
+    assert passes == [(320, 569), (480, 853)]       # coarse: 320 px on the shorter side; fine: 24 px faces at 16
     passes.clear()
     yunet.detect(cv2.resize(cv2.imread(str(TEST_IMAGE)), (480, 360)))   # 360 px: 320 / 360 * 24 >= 16 px
-    assert passes == ["coarse"]
+    assert passes == [(320, 427)]
+
+
+def test_onnx_runtime_gives_opencvs_yunet_faces():
+    """YuNet on ONNX Runtime decodes and suppresses as cv2.FaceDetectorYN does: the same faces, landmarks and
+    scores, on image sizes that are and are not multiples of 32, one face or several, low threshold included."""
+    from fer_common.infer.yunet import YuNetRuntime
+
+    image = cv2.imread(str(TEST_IMAGE))
+    many, _ = grid(image)
+    cases = [image, cv2.resize(image, (427, 320)), cv2.flip(cv2.resize(image, (333, 250)), 1),
+             cv2.resize(many, (853, 480))]
+    model = detection.SHIPPED_YUNET
+    for threshold in (0.5, 0.3):
+        net = YuNetRuntime(model.read_bytes(), threshold, detection.NMS_THRESHOLD, detection.TOP_K)
+        for img in cases:
+            cv = cv2.FaceDetectorYN.create(str(model), "", (img.shape[1], img.shape[0]), threshold,
+                                           detection.NMS_THRESHOLD, detection.TOP_K)
+            expected = cv.detect(img)[1]
+            got = net.detect(img)
+            assert expected is not None and got.shape == expected.shape
+            order = lambda f: f[np.lexsort((f[:, 1], f[:, 0]))]  # noqa: E731
+            np.testing.assert_allclose(order(got), order(expected), atol=1e-3)
 
 
 def test_gray_frames_and_no_face(yunet, haar):
