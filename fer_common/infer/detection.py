@@ -173,8 +173,10 @@ class FaceDetector:
 
     def _detect_at(self, frame: np.ndarray, scale: float) -> np.ndarray:
         h, w = frame.shape[:2]
+        # Bilinear down to half size (5x quicker than area averaging, and as good for the detector at these
+        # ratios: the hard cases' test); area averaging beyond, where bilinear would alias.
         small = frame if scale >= 1 else cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                                     interpolation=cv2.INTER_AREA)
+                                                     interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA)
         faces = self._net.detect(small)
         faces[:, :14] /= np.array([small.shape[1] / w, small.shape[0] / h] * 7, np.float32)
         return faces
