@@ -7,6 +7,7 @@ loading left out), and the ratio now / then per round; the median ratio is the r
 
     python -m benchmarks.side_by_side --ref 5a06660 --rounds 5        # the commit before the re-layering
     python -m benchmarks.side_by_side --ref 87040ef --only video      # .mp4 / .webm against .avi (issue 35)
+    python -m benchmarks.side_by_side --ref 7c2ac58 --only video --suffixes .avi   # a commit before .webm
 
 The video cases also print each --save_output's time a frame against .avi's in the same tree and round (the
 cost of the encoder, as the user sees it), median of the rounds.
@@ -35,13 +36,14 @@ def video_case(suffix: str) -> str:
     return f"video, default flags, --save_output {suffix}"
 
 
-def cases(work: Path, frames: int, crops: int, photos: int, only: str = "all") -> dict:
-    """name -> (script, arguments, unit): the default video run writing .avi, .mp4 and .webm; bulk crops and
+def cases(work: Path, frames: int, crops: int, photos: int, only: str = "all",
+          suffixes: tuple = VIDEO_SUFFIXES) -> dict:
+    """name -> (script, arguments, unit): the default video run writing each of `suffixes`; bulk crops and
     photos."""
     todo = {}
     if only in ("all", "video"):
         clip = make_long_clip(DEFAULT_VIDEO, work / "clip.mp4", frames)
-        for suffix in VIDEO_SUFFIXES:
+        for suffix in suffixes:
             todo[video_case(suffix)] = (
                 "real_time_video.py", ["--video", clip, "--no_display", "--save_output", "{out}" + suffix], "fps")
     if only in ("all", "bulk"):
@@ -88,6 +90,8 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", type=int, default=200, help="640x480 photos for detection (default: 200)")
     parser.add_argument("--only", choices=["all", "video", "bulk"], default="all",
                         help="which cases (default: all)")
+    parser.add_argument("--suffixes", nargs="+", choices=VIDEO_SUFFIXES, default=list(VIDEO_SUFFIXES),
+                        help="the video cases' --save_output formats (an old commit may lack some; default: all)")
     args = parser.parse_args(argv)
     busy = busy_processes()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -97,7 +101,7 @@ def main(argv=None) -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(then), args.ref], check=True,
                        capture_output=True)
         try:
-            todo = cases(work, args.frames, args.crops, args.photos, args.only)
+            todo = cases(work, args.frames, args.crops, args.photos, args.only, tuple(args.suffixes))
             figures = {name: {"now": [], "then": []} for name in todo}
             for k in range(args.rounds):
                 for name, (script, case_args, unit) in todo.items():
