@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_common.device import cpu_count
 from fer_common.errors import FERError
 from fer_common.files import atomic_path
 from fer_common.infer.overlay import Overlay
@@ -41,6 +42,10 @@ FOURCCS = {ext: next(c for lib, c, _ in encoders if lib == "opencv") for ext, en
 PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
                 "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
                 "libsvtav1": {"preset": "10"}}
+# On a machine of this many cores or fewer the encoder runs single-threaded: the pipeline already gives it a
+# thread of its own, and the encoders' own threads cost more CPU than they save (480x360 on 2 cores: H.264 1.53
+# instead of 1.95 ms of CPU a frame, VP9 2.67 instead of 3.16; the same files).
+FEW_CORES = 4
 
 
 class Sink:
@@ -123,7 +128,10 @@ class _PyAVWriter:
         self.width, self.height = size[0] // 2 * 2, size[1] // 2 * 2
         self.container = av.open(str(path), "w")
         try:
-            self.stream = self.container.add_stream(codec, rate=rate, options=dict(PYAV_OPTIONS.get(codec, {})))
+            options = dict(PYAV_OPTIONS.get(codec, {}))
+            if cpu_count() <= FEW_CORES:
+                options["threads"] = "1"
+            self.stream = self.container.add_stream(codec, rate=rate, options=options)
             self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
             self.stream.codec_context.time_base = 1 / rate
         except BaseException:
@@ -222,9 +230,9 @@ class VideoFile(Sink):
 
     The file is written under a temporary name and appears when the run ends, complete: a write that fails
     (a full disk) is a FERError and the partial file is removed; so is one the OpenCV writer (which reports
-    no error) left unreadable or short. PyAV encodes on a thread of its own (_EncoderThread): H.264 then costs
-    the loop little more than MJPG (benchmarks/README.md, video); its write error surfaces at the next write
-    or at the end.
+    no error) left unreadable or short. Every writer encodes on a thread of its own (_EncoderThread), so the
+    loop only hands frames over (benchmarks/README.md, video); a write error surfaces at the next write or at
+    the end.
     """
 
     def __init__(self, path, fps: float, size: tuple[int, int]):
@@ -246,9 +254,7 @@ class VideoFile(Sink):
         self._atomic = atomic_path(self.path, suffix=ext)
         tmp = self._atomic.__enter__()
         try:
-            self.writer = open_video_writer(tmp, self.library, self.encoder, self.fps, self.size)
-            if self.library == "pyav":
-                self.writer = _EncoderThread(self.writer)
+            self.writer = _EncoderThread(open_video_writer(tmp, self.library, self.encoder, self.fps, self.size))
         except BaseException as e:
             self._atomic.__exit__(type(e), e, e.__traceback__)
             if isinstance(e, Exception):
