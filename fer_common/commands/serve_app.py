@@ -14,11 +14,14 @@ or after --max_bytes, never read whole. Uvicorn is the ASGI server of reference:
 
 How a request goes: the event loop reads the body (multipart or raw) and admits the request or answers 503;
 a worker thread decodes it (bulk.decode_for: the rule, size guard included, that files are decoded by) and
-runs bulk.analyse_images, the one detect -> crop -> predict composition, with a pool of detectors (detection
-off the event loop, several at once) and the DynamicBatcher as its predictor, which classifies the faces of
-concurrent requests in shared forward passes. The answer is Result.to_dict: what `fer analyse --json` prints.
+finds its faces with a pool of detectors (detection off the event loop, several at once); a face crop sent
+with ?detect=false is decoded on the loop instead. The faces go to the DynamicBatcher, which classifies the
+faces of concurrent requests in shared forward passes, and the request awaits their future without holding
+a thread. These are bulk.analyse_images' three steps (find_faces, predict, assemble_results), the one
+detect -> crop -> predict composition. The answer is Result.to_dict: what `fer analyse --json` prints.
 """
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import Callable
@@ -40,7 +43,7 @@ from fer_common.commands.serve_http import (AccessLog, BearerAuth, Metrics, Serv
 from fer_common.errors import FERError
 from fer_common.files import printable
 from fer_common.infer.batcher import DEFAULT_MAX_FACES, DEFAULT_MAX_WAIT_MS, DynamicBatcher
-from fer_common.infer.bulk import analyse_images, decode_for
+from fer_common.infer.bulk import assemble_results, decode_for, find_faces
 from fer_common.infer.detection import DetectorPool
 from fer_common.infer.writers import provenance
 from fer_common.preprocess import decode_problem
@@ -51,6 +54,9 @@ MAX_BATCH_IMAGES = 64
 ENDPOINTS = ("POST /v1/analyse, POST /v1/analyse/batch, GET /v1/model, GET /health, GET /metrics, "
              "GET / (the browser page)")
 UNREADABLE_WHY = "not an image OpenCV can read, or a truncated or damaged one"
+# With detection off, bodies up to this size are decoded on the event loop (a 48x48 crop: microseconds), bigger
+# ones in a worker thread, where a large photo's decoding cannot hold up other requests.
+DECODE_ON_LOOP_BYTES = 64 << 10
 
 
 @dataclass
@@ -82,17 +88,29 @@ class Service:
         self.model = {k: v for k, v in provenance(predictor, tta, kind).items() if k != "embedding"}
         self.model.update(max_faces=self.batcher.max_faces, max_wait_ms=self.batcher.max_wait * 1000)
 
-    def analyse(self, images: list, detect: bool = True) -> list[Result]:
-        """(bytes, name) pairs -> one Result each, in order; an unreadable image's has its `error`. Runs on a
-        worker thread: decoding, detection and waiting for the batch all happen off the event loop."""
+    async def analyse(self, images: list, detect: bool = True, run=anyio.to_thread.run_sync) -> list[Result]:
+        """(bytes, name) pairs -> one Result each, in order; an unreadable image's has its `error`.
+
+        Decoding and detection run in a worker thread (`run`), except a small body with detection off (a face
+        crop: a few microseconds, on the event loop); the faces then wait for their batch as an awaited
+        future, which holds no thread: the one detect -> crop -> predict of bulk.analyse_images, in its three
+        steps."""
         detector = self.detectors if detect else None
         if detect and detector is None:
             raise ServeError(400, "this server has no face detector: send face crops with ?detect=false")
-        decoded = [(decode_for(self.predictor, data, detector is not None), name) for data, name in images]
-        results = analyse_images(self.batcher, decoded, detector)
+        if detector is None and sum(len(data) for data, _ in images) <= DECODE_ON_LOOP_BYTES:
+            decoded, (crops, found) = self._find(images, None)
+        else:
+            decoded, (crops, found) = await run(self._find, images, detector)
+        p = await asyncio.wrap_future(self.batcher.submit(crops))
+        results = assemble_results(self.predictor.class_names, decoded, found, p.probabilities, p.embeddings)
         self.metrics.images.inc(len(results))
         self.metrics.faces.inc(sum(len(r.faces) for r in results))
         return results
+
+    def _find(self, images: list, detector) -> tuple[list, tuple]:
+        decoded = [(decode_for(self.predictor, data, detector is not None), name) for data, name in images]
+        return decoded, find_faces(decoded, detector)
 
     def close(self) -> None:
         self.batcher.close()
@@ -184,7 +202,7 @@ def make_app(service: Service, options: ServeOptions) -> Starlette:
                     raise ServeError(400, "the image is empty (0 bytes): send the image's bytes")
                 if await request.is_disconnected():
                     return Response(status_code=499)        # gone before its image was read: nothing analysed
-                results = await admission.run(service.analyse, images, detect)
+                results = await service.analyse(images, detect, admission.run)
         except ClientDisconnect:
             return Response(status_code=499)                # nginx's "client closed request", for the log only
         request.state.faces = sum(len(r.faces) for r in results)

@@ -18,6 +18,7 @@ batch it was classified in.
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 
 from fer_common.device import cpu_count
 from fer_common.errors import FERError
@@ -29,13 +30,12 @@ DEFAULT_MAX_WAIT_MS = 1.0
 
 
 class _Call:
-    """One predict() call waiting for its batch."""
-    __slots__ = ("crops", "bgr", "arrived", "done", "result", "error")
+    """One call's crops waiting for their batch, and the Future its Prediction is set on."""
+    __slots__ = ("crops", "bgr", "arrived", "future")
 
     def __init__(self, crops: list, bgr: bool):
         self.crops, self.bgr, self.arrived = crops, bgr, time.monotonic()
-        self.done = threading.Event()
-        self.result = self.error = None
+        self.future = Future()
 
 
 class DynamicBatcher:
@@ -80,17 +80,22 @@ class DynamicBatcher:
         crops = list(crops)
         if not crops or temperature is not None:        # nothing to wait for / not the batch's temperature
             return self.predictor.predict(crops, bgr, temperature)
-        call = _Call(crops, bgr)
+        return self.submit(crops, bgr).result()
+
+    def submit(self, crops, bgr: bool = True) -> Future:
+        """Queue `crops` for a batch and return at once: a concurrent.futures.Future of their Prediction (an
+        event loop awaits it with asyncio.wrap_future, holding no thread while the batch forms: fer serve)."""
+        call = _Call(list(crops), bgr)
+        if not call.crops:
+            call.future.set_result(self.predictor.predict([], bgr))
+            return call.future
         with self._cond:
             if self._closed:
                 raise FERError("the batcher is closed: no more faces are classified")
             self._calls.append(call)
-            self._waiting += len(crops)
+            self._waiting += len(call.crops)
             self._cond.notify()
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return call.future
 
     __call__ = predict
 
@@ -118,13 +123,16 @@ class DynamicBatcher:
             while self._calls and self._calls[0].bgr == bgr and (
                     not batch or faces + len(self._calls[0].crops) <= self.max_faces):
                 call = self._calls.popleft()
-                batch.append(call)
-                faces += len(call.crops)
-            self._waiting -= faces
+                self._waiting -= len(call.crops)
+                if call.future.set_running_or_notify_cancel():      # False: its caller gave up (cancelled)
+                    batch.append(call)
+                    faces += len(call.crops)
             return batch
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
+            if not batch:
+                continue
             crops = [crop for call in batch for crop in call.crops]
             t0 = time.perf_counter()
             try:
@@ -133,12 +141,10 @@ class DynamicBatcher:
                     self.on_batch(len(crops), len(batch), time.perf_counter() - t0)
             except Exception as e:               # every caller of the batch hears of it; the thread goes on
                 for call in batch:
-                    call.error = e
-                    call.done.set()
+                    call.future.set_exception(e)
                 continue
             k = 0
             for call in batch:
                 n = len(call.crops)
-                call.result = Prediction(p.probabilities[k:k + n], p.embeddings[k:k + n])
+                call.future.set_result(Prediction(p.probabilities[k:k + n], p.embeddings[k:k + n]))
                 k += n
-                call.done.set()

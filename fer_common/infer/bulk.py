@@ -120,9 +120,24 @@ def analyse_images(predictor, images: list, detector=None, batch_size: int = DEF
     images: (array or None when unreadable, name) pairs, arrays BGR or gray uint8. detector: an object with
     detect_with_scores, or None (each image is one face crop). One forward pass per `batch_size` faces. `start`
     numbers the results (Result.index); `spent` adds seconds per stage; the locks guard a shared detector
-    or model."""
+    or model. (fer serve runs the same three steps with the forward pass awaited: find_faces, then its
+    batcher, then assemble_results.)"""
     spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
-    crops, found = [], []              # found: per image (boxes, scores, size, error)
+    crops, found = find_faces(images, detector, spent, detect_lock)
+    t0 = time.perf_counter()
+    probs, embs = [], []
+    for i in range(0, max(len(crops), 1), batch_size):
+        with classify_lock or contextlib.nullcontext():
+            p = predictor.predict(crops[i:i + batch_size], bgr=True)
+        probs.append(p.probabilities)
+        embs.append(p.embeddings)
+    spent["classify"] += time.perf_counter() - t0
+    return assemble_results(predictor.class_names, images, found, np.concatenate(probs), np.concatenate(embs), start)
+
+
+def find_faces(images: list, detector=None, spent: dict | None = None, detect_lock=None) -> tuple[list, list]:
+    """analyse_images' first step: (every face crop, in order; per image (boxes, scores, size, error))."""
+    crops, found = [], []
     for image, _ in images:
         if image is None:
             found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
@@ -136,21 +151,18 @@ def analyse_images(predictor, images: list, detector=None, batch_size: int = DEF
             with detect_lock or contextlib.nullcontext():
                 boxes, scores = detector.detect_with_scores(image)
             crops += crop_faces(image, boxes)
-            spent["detect"] += time.perf_counter() - t0
+            if spent is not None:
+                spent["detect"] += time.perf_counter() - t0
         found.append((boxes, scores, size, None))
-    t0 = time.perf_counter()
-    probs, embs = [], []
-    for i in range(0, max(len(crops), 1), batch_size):
-        with classify_lock or contextlib.nullcontext():
-            p = predictor.predict(crops[i:i + batch_size], bgr=True)
-        probs.append(p.probabilities)
-        embs.append(p.embeddings)
-    probs, embs = np.concatenate(probs), np.concatenate(embs)
-    spent["classify"] += time.perf_counter() - t0
+    return crops, found
+
+
+def assemble_results(class_names, images: list, found: list, probs, embs, start: int = 0) -> list[Result]:
+    """analyse_images' last step: find_faces' faces and their probabilities and embeddings -> one Result each."""
     results, k = [], 0
     for j, ((_, name), (boxes, scores, size, error)) in enumerate(zip(images, found)):
         n = len(boxes)
-        results.append(make_result(name, predictor.class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
+        results.append(make_result(name, class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
                                    size=size, error=error, index=start + j))
         k += n
     return results
