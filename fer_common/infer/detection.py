@@ -246,8 +246,8 @@ def add_detector_args(parser, min_face: int = 24, detect_size: int = 320):
     a 240 px copy per frame)."""
     g = parser.add_argument_group("Detection")
     g.add_argument("--detector", default="yunet", choices=DETECTORS,
-                   help="yunet: OpenCV's DNN face detector, shipped in models/ (fast, finds tilted, small and "
-                        "dim faces); haar: OpenCV's bundled Haar cascade (the old default)")
+                   help="yunet: the YuNet face detector, shipped in models/, run by ONNX Runtime (fast, finds "
+                        "tilted, small and dim faces); haar: OpenCV's bundled Haar cascade (the old default)")
     g.add_argument("--detector_model", metavar="PATH", type=cli.path_arg,
                    help=f"another YuNet ONNX file (None: the shipped models/{YUNET_FILE})")
     g.add_argument("--min_face", type=cli.int_range(0, 4096, name="min_face"), default=min_face, metavar="PX",
