@@ -1,6 +1,6 @@
 """Dynamic batching: the face crops of callers on many threads, classified together in one forward pass.
 
-    batcher = DynamicBatcher(predictor, max_faces=32, max_wait_ms=1)
+    batcher = DynamicBatcher(predictor, max_faces=32, max_wait_ms=0)
     analyse_images(batcher, images, detector)     # on many threads at once: to each, the batcher is the predictor
     batcher.close()                               # classifies what is queued, then stops
 
@@ -24,9 +24,10 @@ from fer_common.device import cpu_count
 from fer_common.errors import FERError
 from fer_common.infer.predictor import Prediction
 
-# Chosen with benchmarks/bench_serve.py's sweep (benchmarks/README.md, FER as a service).
+# Chosen with benchmarks/bench_serve.py's sweep (benchmarks/README.md, FER as a service): since requests await
+# their batch without holding a thread, a forward-pass thread that takes what is queued at once beats waiting.
 DEFAULT_MAX_FACES = 32
-DEFAULT_MAX_WAIT_MS = 1.0
+DEFAULT_MAX_WAIT_MS = 0.0
 
 
 class _Call:

@@ -164,3 +164,19 @@ def test_detector_pool_never_lends_one_detector_to_two_threads():
     for t in threads:
         t.join(30)
     assert 1 <= state["most"] <= 2 and state["now"] == 0
+
+
+def test_submitted_calls_are_futures_and_a_cancelled_one_is_left_out():
+    """submit() returns at once (fer serve awaits the future on its event loop); a caller that gave up before its
+    batch formed (a cancelled future) is dropped from the batch, and the others still get their own rows."""
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_faces=3, max_wait_ms=5000, workers=1)
+    gone = batcher.submit([crop(1)])
+    assert gone.cancel()                                  # still queued: its caller may give up
+    kept = [batcher.submit([crop(v)]) for v in (2, 3, 4)]
+    answers = [f.result(30) for f in kept]
+    assert [float(a.embeddings[0, 0]) for a in answers] == [2.0, 3.0, 4.0]
+    assert model.batches == [3] and gone.cancelled()
+    empty = batcher.submit([])
+    assert empty.done() and empty.result().probabilities.shape == (0, 2)
+    batcher.close()
