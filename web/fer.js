@@ -13,7 +13,8 @@ const SETTINGS = await (await fetch(new URL("./settings.json", import.meta.url))
 const { classifier: CLASSIFIER_FILE, detector: YUNET_FILE, models: MODEL_FILES } = SETTINGS.files;
 // fer_common/infer/detection.py: thresholds, framing, the smallest face YuNet sees, OpenCV's FaceDetectorYN settings.
 const { scoreThreshold: SCORE_THRESHOLD, smallFaceScore: SMALL_FACE_SCORE, nmsThreshold: NMS_THRESHOLD, topK: TOP_K,
-        minFace: YUNET_MIN_FACE, smallFace: SMALL_FACE, frameScale: FRAME_SCALE, strides: STRIDES } = SETTINGS.detector;
+        minFace: YUNET_MIN_FACE, smallFace: SMALL_FACE, frameScale: FRAME_SCALE, strides: STRIDES,
+        linearDownscaleMin: LINEAR_DOWNSCALE_MIN } = SETTINGS.detector;
 // Images as FER() / inference.py read them (TTA on), live video as real_time_video.py (one pass at its detect
 // size, no TTA, probabilities smoothed per face; detection here runs every frame).
 export const IMAGE_SETTINGS = SETTINGS.image;
@@ -287,8 +288,9 @@ const pyRound = roundEven;   // Python's round(): halves to even
 
 async function detectAt(models, frame, scale) {
   const { width: w, height: h } = frame;
+  const shrink = scale >= LINEAR_DOWNSCALE_MIN ? "linear" : "area";     // as FaceDetector._detect_at
   const small = scale >= 1 ? frame
-    : resize(frame, Math.max(1, pyRound(w * scale)), Math.max(1, pyRound(h * scale)), "area");
+    : resize(frame, Math.max(1, pyRound(w * scale)), Math.max(1, pyRound(h * scale)), shrink);
   const sx = Math.fround(small.width / w), sy = Math.fround(small.height / h);
   return (await yunetDetect(models, small)).map((f) => f.map((v, k) => (k < 14 ? Math.fround(v / (k % 2 ? sy : sx)) : v)));
 }

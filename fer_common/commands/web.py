@@ -52,7 +52,8 @@ def page_settings() -> dict:
         "detector": {"scoreThreshold": detection.SCORE_THRESHOLD, "smallFaceScore": detection.SMALL_FACE_SCORE,
                      "nmsThreshold": detection.NMS_THRESHOLD, "topK": detection.TOP_K,
                      "minFace": detection.YUNET_MIN_FACE, "smallFace": detection.SMALL_FACE,
-                     "frameScale": detection.FRAME_SCALE, "strides": list(detection.YUNET_STRIDES)},
+                     "frameScale": detection.FRAME_SCALE, "strides": list(detection.YUNET_STRIDES),
+                     "linearDownscaleMin": detection.LINEAR_DOWNSCALE_MIN},
         # images as FER() and inference.py read them; live video as real_time_video.py (no TTA in a frame's budget)
         "image": {"detectSize": default(detection.FaceDetector, "detect_size"),
                   "minFace": default(detection.FaceDetector, "min_face"), "tta": default(FER, "tta")},

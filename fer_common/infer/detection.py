@@ -19,7 +19,7 @@ from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.shipped import DETECTOR_FILE, SHIPPED_MODELS_DIR
 from fer_common.files import os_error_text, printable, sha256_file
-from fer_common.infer.yunet import YuNetRuntime
+from fer_common.infer.yunet import STRIDES, YuNetRuntime
 
 DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
@@ -40,7 +40,10 @@ SCORE_THRESHOLD = 0.5
 SMALL_FACE, SMALL_FACE_SCORE = 2 * YUNET_MIN_FACE, 0.6
 NMS_THRESHOLD = 0.3
 TOP_K = 5000                # the most candidate boxes kept before NMS (cv2.FaceDetectorYN's top_k)
-YUNET_STRIDES = (8, 16, 32)
+YUNET_STRIDES = STRIDES
+# Detection copies are shrunk bilinearly down to this scale (5x quicker than area averaging, the same faces on
+# the hard cases), by area averaging below it, where bilinear would alias.
+LINEAR_DOWNSCALE_MIN = 0.5
 YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES}
 # Haar boxes keep the framing the project always used: the box grown by 10% of its size on every side.
 HAAR_MARGIN = 0.1
@@ -173,10 +176,9 @@ class FaceDetector:
 
     def _detect_at(self, frame: np.ndarray, scale: float) -> np.ndarray:
         h, w = frame.shape[:2]
-        # Bilinear down to half size (5x quicker than area averaging, and as good for the detector at these
-        # ratios: the hard cases' test); area averaging beyond, where bilinear would alias.
+        shrink = cv2.INTER_LINEAR if scale >= LINEAR_DOWNSCALE_MIN else cv2.INTER_AREA
         small = frame if scale >= 1 else cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                                     interpolation=cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA)
+                                                     interpolation=shrink)
         faces = self._net.detect(small)
         faces[:, :14] /= np.array([small.shape[1] / w, small.shape[0] / h] * 7, np.float32)
         return faces
