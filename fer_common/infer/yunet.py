@@ -124,7 +124,8 @@ class YuNetRuntime:
         try:
             model = free_shapes(model)
         except (ValueError, IndexError):
-            raise FERError(f"{name} is not an ONNX file, so not a YuNet face detector model (--detector_model)") from None
+            raise FERError(f"{name} is not an ONNX file, so not a YuNet face detector model "
+                           f"(--detector_model)") from None
         self.session, _ = make_session(model, "cpu", "cpu", threads=1, name=name)
         self.input = self.session.get_inputs()[0].name
         self.outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES]
