@@ -1,0 +1,94 @@
+"""Which test-time views help the shipped model: accuracy of view sets on face-crop folders (issue 31).
+
+    python -m benchmarks.tta_study --data dataset/val_new --data dataset/test
+
+Each face crop is classified as it is, mirrored, zoomed in (a centred crop of 0.9 or 0.95 of its side, resized
+back, and mirrored), and shifted 2 px each way (edges reflected); a view set's prediction is the mean of its views'
+probabilities. The toolkit's TTA today is the first two views (the crop and its mirror). Choose on the
+validation split, report on PublicTest; each extra view costs one more forward pass per face. Figures go to
+models/README.md by hand.
+"""
+
+import argparse
+
+import cv2
+import numpy as np
+
+from fer_common.datasets.folders import list_samples
+from fer_common.infer.predictor import Predictor
+
+from .common import REPO
+
+
+def zoom(image: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    ch, cw = round(h * fraction), round(w * fraction)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return cv2.resize(image[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def shift(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def mirror(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+VIEWS = {
+    "crop": lambda im: im,
+    "mirror": mirror,
+    "zoom 0.9": lambda im: zoom(im, 0.9),
+    "zoom 0.9, mirrored": lambda im: mirror(zoom(im, 0.9)),
+    "zoom 0.95": lambda im: zoom(im, 0.95),
+    "zoom 0.95, mirrored": lambda im: mirror(zoom(im, 0.95)),
+    **{f"shift {dx:+d},{dy:+d}": (lambda im, dx=dx, dy=dy: shift(im, dx, dy))
+       for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))},
+}
+SETS = {
+    "crop (no TTA)": ["crop"],
+    "crop + mirror (the toolkit's TTA)": ["crop", "mirror"],
+    "+ zoom 0.9 and its mirror (4 views)": ["crop", "mirror", "zoom 0.9", "zoom 0.9, mirrored"],
+    "+ zoom 0.95 and its mirror (4 views)": ["crop", "mirror", "zoom 0.95", "zoom 0.95, mirrored"],
+    "+ both zooms and mirrors (6 views)": ["crop", "mirror", "zoom 0.9", "zoom 0.9, mirrored", "zoom 0.95",
+                                           "zoom 0.95, mirrored"],
+    "+ 4 shifts (6 views)": ["crop", "mirror"] + [v for v in VIEWS if v.startswith("shift")],
+    "all 10 views": list(VIEWS),
+}
+
+
+def view_probabilities(predictor, images: list, batch: int = 512) -> dict:
+    """view name -> N x classes probabilities of the predictor (its own TTA off) on each image's view."""
+    out = {}
+    for name, make in VIEWS.items():
+        views = [make(im) for im in images]
+        out[name] = np.concatenate([predictor.predict(views[i:i + batch]).probabilities
+                                    for i in range(0, len(views), batch)])
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", action="append", help="class folders of face crops (repeat: one table column each)")
+    parser.add_argument("--model", default=str(REPO / "models" / "fer_model.int8.onnx"), help="the model to study")
+    args = parser.parse_args(argv)
+    folders = args.data or [str(REPO / "dataset" / "val_new"), str(REPO / "dataset" / "test")]
+    predictor = Predictor(args.model, tta=False)
+    columns = []
+    for folder in folders:
+        samples, _ = list_samples(folder, predictor.class_names)
+        images = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path, _ in samples]
+        labels = np.array([label for _, label in samples])
+        probs = view_probabilities(predictor, images)
+        columns.append({name: float((sum(probs[v] for v in views).argmax(1) == labels).mean() * 100)
+                        for name, views in SETS.items()})
+    print(f"model {args.model}")
+    print("| view set | " + " | ".join(f"{f} ({len(list_samples(f)[0])})" for f in folders) + " |")
+    print("|---|" + "---|" * len(folders))
+    for name in SETS:
+        print(f"| {name} | " + " | ".join(f"{c[name]:.2f}%" for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
