@@ -9,13 +9,14 @@ validation split, report on PublicTest; each extra view costs one more forward p
 models/README.md by hand.
 """
 
-import argparse
-
 import cv2
 import numpy as np
 
+from fer_common.cli import make_parser, path_arg, run_main
 from fer_common.datasets.folders import list_samples
+from fer_common.errors import FERError
 from fer_common.infer.predictor import Predictor
+from fer_common.preprocess import read_image
 
 from .common import REPO
 
@@ -68,27 +69,42 @@ def view_probabilities(predictor, images: list, batch: int = 512) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", action="append", help="class folders of face crops (repeat: one table column each)")
-    parser.add_argument("--model", default=str(REPO / "models" / "fer_model.int8.onnx"), help="the model to study")
-    args = parser.parse_args(argv)
+def read_folder(folder: str, class_names: list) -> tuple[list, np.ndarray]:
+    """The folder's face crops (gray, as the model reads them) and their labels; one line for an unreadable one."""
+    samples, _ = list_samples(folder, class_names)
+    images = [read_image(path, 1) for path, _ in samples]
+    bad = [str(path) for (path, _), image in zip(samples, images) if image is None]
+    if bad:
+        raise FERError(f"{len(bad)} unreadable image(s) in {folder}, e.g. {bad[0]}")
+    return images, np.array([label for _, label in samples])
+
+
+def get_args_parser():
+    parser = make_parser(__doc__)
+    parser.add_argument("--data", action="append", type=path_arg,
+                        help="class folders of face crops (repeat: one table column each; default: "
+                             "dataset/val_new and dataset/test)")
+    parser.add_argument("--model", default=str(REPO / "models" / "fer_model.int8.onnx"), type=path_arg,
+                        help="the model to study")
+    return parser
+
+
+def main(args) -> None:
     folders = args.data or [str(REPO / "dataset" / "val_new"), str(REPO / "dataset" / "test")]
     predictor = Predictor(args.model, tta=False)
-    columns = []
+    columns, counts = [], []
     for folder in folders:
-        samples, _ = list_samples(folder, predictor.class_names)
-        images = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path, _ in samples]
-        labels = np.array([label for _, label in samples])
+        images, labels = read_folder(folder, predictor.class_names)
         probs = view_probabilities(predictor, images)
         columns.append({name: float((sum(probs[v] for v in views).argmax(1) == labels).mean() * 100)
                         for name, views in SETS.items()})
+        counts.append(len(images))
     print(f"model {args.model}")
-    print("| view set | " + " | ".join(f"{f} ({len(list_samples(f)[0])})" for f in folders) + " |")
+    print("| view set | " + " | ".join(f"{f} ({n})" for f, n in zip(folders, counts)) + " |")
     print("|---|" + "---|" * len(folders))
     for name in SETS:
         print(f"| {name} | " + " | ".join(f"{c[name]:.2f}%" for c in columns) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, get_args_parser())

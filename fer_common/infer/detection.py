@@ -19,7 +19,7 @@ from fer_common import cli
 from fer_common.errors import FERError
 from fer_common.shipped import DETECTOR_FILE, SHIPPED_MODELS_DIR
 from fer_common.files import os_error_text, printable, sha256_file
-from fer_common.infer.yunet import STRIDES, YuNetRuntime
+from fer_common.infer.yunet import OUTPUTS, STRIDES, YuNetRuntime
 
 DETECTORS = ("yunet", "haar")
 HAAR_FILE = "haarcascade_frontalface_default.xml"
@@ -44,7 +44,6 @@ YUNET_STRIDES = STRIDES
 # Detection copies are shrunk bilinearly down to this scale (5x quicker than area averaging, the same faces on
 # the hard cases), by area averaging below it, where bilinear would alias.
 LINEAR_DOWNSCALE_MIN = 0.5
-YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES}
 # Haar boxes keep the framing the project always used: the box grown by 10% of its size on every side.
 HAAR_MARGIN = 0.1
 
@@ -80,7 +79,7 @@ def load_yunet(path: Path, score_threshold: float, nms_threshold: float) -> YuNe
         raise FERError(f"{name} is not an ONNX file ONNX Runtime can load, so not a YuNet face detector model "
                        f"(--detector_model)") from None
     outputs = {o.name for o in net.session.get_outputs()}
-    if not YUNET_OUTPUTS <= outputs:
+    if not set(OUTPUTS) <= outputs:
         shown = ", ".join(sorted(outputs)[:4]) or "none"
         raise FERError(f"{name} is not a YuNet face detector model (its outputs are {shown}; YuNet 2023mar has "
                        f"cls_8 ... kps_32): pass {YUNET_FILE} as --detector_model")

@@ -1,7 +1,7 @@
 """YuNet (OpenCV Zoo's face detector, 2023mar) on ONNX Runtime: the network cv2.FaceDetectorYN runs, with its
 decoding and non-maximum suppression, about 3x faster on these CPUs than OpenCV's DNN module (benchmarks/README.md).
 
-    net = YuNetRuntime(path, score_threshold=0.5, nms_threshold=0.3, top_k=5000)
+    net = YuNetRuntime(model_bytes, score_threshold=0.5, nms_threshold=0.3, top_k=5000)
     faces = net.detect(image_bgr)     # N x 15 float32, as cv2.FaceDetectorYN.detect gives them
 
 The shipped file declares a fixed 1 x 3 x 640 x 640 input (OpenCV reshapes it for each image size; ONNX Runtime
@@ -15,9 +15,11 @@ import cv2
 import numpy as np
 
 from fer_common.errors import FERError
+from fer_common.runtime import make_session
 
 STRIDES = (8, 16, 32)
 DIVISOR = 32              # the network's input sides must be multiples of its largest stride
+OUTPUTS = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in STRIDES]
 
 
 # ------------------------------------------------------------------------------ ONNX protobuf, on the wire
@@ -115,11 +117,9 @@ class YuNetRuntime:
     grid cell's box and landmarks are decoded from its offsets at strides 8, 16 and 32, its score is
     sqrt(classification x objectness), and overlapping boxes are suppressed by cv2.dnn.NMSBoxes on the same
     integer boxes OpenCV uses. One intra-op thread: callers run one detector per thread (the bulk workers,
-    the video's detection thread, fer serve's pool)."""
+    the video's detection thread, fer serve's pool) or share one under a lock (FER)."""
 
     def __init__(self, model: bytes, score_threshold: float, nms_threshold: float, top_k: int, name: str = "YuNet"):
-        from fer_common.runtime import make_session
-
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
         try:
             model = free_shapes(model)
@@ -128,16 +128,14 @@ class YuNetRuntime:
                            f"(--detector_model)") from None
         self.session, _ = make_session(model, "cpu", "cpu", threads=1, name=name)
         self.input = self.session.get_inputs()[0].name
-        self.outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES]
 
     def detect(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         ph, pw = math.ceil(h / DIVISOR) * DIVISOR, math.ceil(w / DIVISOR) * DIVISOR
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = image.transpose(2, 0, 1)
-        out = dict(zip(self.outputs, self.session.run(self.outputs, {self.input: blob})))
-        faces = [self._decode(out, stride, ph // stride, pw // stride) for stride in STRIDES]
-        faces = np.concatenate(faces)
+        out = dict(zip(OUTPUTS, self.session.run(OUTPUTS, {self.input: blob})))
+        faces = np.concatenate([self._decode(out, stride, pw // stride) for stride in STRIDES])
         if len(faces) > 1:
             boxes = np.trunc(faces[:, :4]).astype(np.int32)        # OpenCV's Rect2i of each face
             keep = cv2.dnn.NMSBoxes(boxes.tolist(), faces[:, 14].tolist(), self.score_threshold,
@@ -145,7 +143,8 @@ class YuNetRuntime:
             faces = faces[np.asarray(keep, int).reshape(-1)]
         return faces
 
-    def _decode(self, out: dict, stride: int, rows: int, cols: int) -> np.ndarray:
+    def _decode(self, out: dict, stride: int, cols: int) -> np.ndarray:
+        """The faces of one stride's grid (cols cells a row) that pass the score threshold, before NMS."""
         cls = np.clip(out[f"cls_{stride}"].reshape(-1), 0, 1)
         obj = np.clip(out[f"obj_{stride}"].reshape(-1), 0, 1)
         score = np.sqrt(cls * obj)
