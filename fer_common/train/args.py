@@ -17,6 +17,9 @@ POLICIES = {
 }
 
 
+VOTE_HEAD_WEIGHT = 0.5
+
+
 def add_training_args(parser: argparse.ArgumentParser, **defaults) -> None:
     """The flags both training scripts share. `defaults` are a script's own defaults by flag name
     (epochs=35, batch_size=64, learning_rate=2e-3, ...); each must name one of these flags."""
@@ -50,6 +53,12 @@ def add_data_args(parser):
                    help="FER+'s training modes: probability = a label drawn from the vote distribution each time "
                         "an image is seen; crossentropy = the distribution itself as a soft target; majority = the "
                         "majority label (validation always scores against the majority label)")
+    g.add_argument("--vote_head", metavar="FILE", type=cli.existing_file,
+                   help="multi-task: the folders' labels stay the classifier's target, and a second, training-only "
+                        "head on the embedding learns the FER+ vote distribution of each training image that has "
+                        "votes (a votes file as for --votes); the head is not part of the saved model")
+    g.add_argument("--vote_head_weight", type=cli.positive_float, default=VOTE_HEAD_WEIGHT,
+                   help="weight of the vote head's soft cross-entropy, added to the classifier's loss")
     return g
 
 
@@ -127,9 +136,17 @@ def check_distillation_args(args) -> None:
 
 
 def check_vote_args(args) -> None:
-    """--vote_mode only means something with --votes: refuse it alone rather than ignore it."""
+    """--vote_mode only means something with --votes, --vote_head_weight with --vote_head: refuse them alone
+    rather than ignore them; and --vote_head learns beside the folders' labels, so not with --votes or mixup."""
     if args.vote_mode != "probability" and not args.votes:
         raise FERError(f"--vote_mode {args.vote_mode} needs --votes FILE (the FER+ votes to train on)")
+    if args.vote_head_weight != VOTE_HEAD_WEIGHT and not args.vote_head:
+        raise FERError("--vote_head_weight needs --vote_head FILE (the FER+ votes its head learns)")
+    if args.vote_head and args.votes:
+        raise FERError("--vote_head learns FER+ votes beside the folders' labels, --votes trains on the votes "
+                       "instead of them: give one of them")
+    if args.vote_head and args.mixup > 0:
+        raise FERError("--vote_head does not combine with --mixup (a blended face has no crowd votes): drop one")
 
 
 def last_checkpoint_path(output_model) -> Path:

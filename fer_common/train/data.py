@@ -63,12 +63,30 @@ def vote_samples(args, train_dir: Path, val_dir: Path, log):
     return train_samples, targets, val_samples
 
 
+def vote_head_targets(args, train_samples, log) -> torch.Tensor:
+    """With --vote_head: each training image's FER+ vote distribution (N x 8 over ferplus.CLASS_NAMES), a row
+    of zeros where it has none (no votes, or FER+ leaves it out); the head learns only the others."""
+    table = ferplus.read_votes(args.vote_head)
+    labelled = ferplus.label_images(table, [path for path, _ in train_samples], "crossentropy")
+    what = labelled.describe(len(train_samples), "train")
+    if not len(labelled.kept):
+        raise FERError(f"--vote_head {args.vote_head}: {what}; are these the votes of this data set?")
+    log(f"vote head: {what}")
+    targets = torch.zeros(len(train_samples), ferplus.N_EMOTIONS)
+    targets[torch.from_numpy(labelled.kept)] = torch.from_numpy(labelled.targets)
+    return targets
+
+
 def votes_record(args) -> dict | None:
-    """What a checkpoint says about the FER+ votes it was trained on (None without --votes)."""
-    if not args.votes:
+    """What a checkpoint says about the FER+ votes it was trained on (None without --votes or --vote_head)."""
+    if not (args.votes or args.vote_head):
         return None
-    digest = hashlib.sha256(Path(args.votes).read_bytes()).hexdigest()
-    return {"file": Path(args.votes).name, "sha256": digest, "mode": args.vote_mode,
+    path = args.votes or args.vote_head
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if args.vote_head:
+        return {"file": Path(path).name, "sha256": digest, "mode": "head", "weight": args.vote_head_weight,
+                "rule": "FER+ (Barsoum et al. 2016), crossentropy targets"}
+    return {"file": Path(path).name, "sha256": digest, "mode": args.vote_mode,
             "rule": "FER+ (Barsoum et al. 2016)", "validation": "majority"}
 
 
@@ -83,6 +101,11 @@ def build_loaders(args, prep, rank, world_size, device, log):
         train_samples, class_names = folders.list_samples(train_dir)
         val_samples, _ = folders.list_samples(val_dir, class_names)
         train_targets = None
+    head_targets = None
+    if args.vote_head:       # the loaders' labels become positions: each maps to a class and a vote row
+        head_targets = vote_head_targets(args, train_samples, log)
+        train_targets = torch.tensor([label for _, label in train_samples])
+        train_samples = [(path, i) for i, (path, _) in enumerate(train_samples)]
     size, channels, pin = cache_size(prep["input_size"]), prep["channels"], device.type == "cuda"
     if args.no_cache:
         train = fdata.streaming_loader(train_samples, size, channels, args.batch_size, True, args.num_workers,
@@ -106,11 +129,13 @@ def build_loaders(args, prep, rank, world_size, device, log):
                        f"{f' per process ({world_size} processes)' if world_size > 1 else ''}: no full batch to "
                        f"train on; lower --batch_size")
     if train_targets is not None:     # the loaders' labels are rows of the targets
-        train = fdata.TargetLoader(train, train_targets, draw=args.vote_mode == "probability")
+        train = fdata.TargetLoader(train, train_targets, draw=bool(args.votes) and args.vote_mode == "probability",
+                                   extra=head_targets)
         train_labels = train_targets[train_labels]
     log(f"data: {len(train_samples)} train / {len(val_samples)} val images in {len(class_names)} classes "
         f"({', '.join(class_names)}), {'streamed from disk' if args.no_cache else 'cached in memory'}"
-        f"{f'; FER+ votes, {args.vote_mode} mode' if args.votes else ''}")
+        f"{f'; FER+ votes, {args.vote_mode} mode' if args.votes else ''}"
+        f"{f'; a FER+ vote head (weight {args.vote_head_weight})' if args.vote_head else ''}")
     return train, val, class_names, train_labels
 
 

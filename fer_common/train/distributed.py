@@ -44,6 +44,17 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average a module's gradients over all processes: for a module trained beside DistributedDataParallel's
+    (the vote head), whose gradients DDP does not reduce. A no-op in a single process."""
+    if not is_distributed():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
 def set_epoch(loader, epoch: int) -> None:
     """Tell a loader (or its DistributedSampler) the epoch, so each epoch shuffles differently on every rank."""
     if hasattr(loader, "set_epoch"):

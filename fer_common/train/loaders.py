@@ -120,10 +120,11 @@ class MemoryLoader:
 class TargetLoader:
     """A loader whose labels are positions in `targets`, yielding (images, targets[positions]) instead: soft
     targets (vote distributions) ride through the loaders as row numbers. With `draw`, each batch gets one
-    class drawn from each row's distribution (FER+'s probability mode), fresh every time an image is seen."""
+    class drawn from each row's distribution (FER+'s probability mode), fresh every time an image is seen.
+    With `extra` (a second target per image, as the vote head's), it yields (images, targets, extra) rows."""
 
-    def __init__(self, loader, targets: torch.Tensor, draw: bool = False):
-        self.loader, self.targets, self.draw = loader, targets, draw
+    def __init__(self, loader, targets: torch.Tensor, draw: bool = False, extra: torch.Tensor | None = None):
+        self.loader, self.targets, self.draw, self.extra = loader, targets, draw, extra
 
     def __len__(self):
         return len(self.loader)
@@ -136,7 +137,7 @@ class TargetLoader:
             targets = self.targets[positions]
             if self.draw and len(targets):
                 targets = torch.multinomial(targets, 1).squeeze(1)
-            yield images, targets
+            yield (images, targets) if self.extra is None else (images, targets, self.extra[positions])
 
 
 def streaming_loader(samples, size, channels, batch_size, shuffle, num_workers, seed=0, rank=0, world_size=1,

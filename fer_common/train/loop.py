@@ -16,7 +16,7 @@ from tqdm import tqdm
 from fer_common.model.calibration import fit_calibration
 from fer_common.model.checkpoint import init_from_checkpoint, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_common.device import amp_dtype, autocast, clear_gpu_memory, grad_scaler, set_cpu_threads
-from fer_common.train.distributed import all_reduce_sum, close_distributed, init_distributed, is_distributed, set_epoch
+from fer_common.train.distributed import all_reduce_sum, average_gradients, close_distributed, init_distributed, is_distributed, set_epoch
 from fer_common.train.early_stopping import EarlyStopping
 from fer_common.errors import FERError
 from fer_common.files import write_json
@@ -26,7 +26,7 @@ from fer_common.datasets import ferplus, folders
 from fer_common.train.augmentation import augment_views
 from fer_common.train.data import build_loaders, class_weights, seed_everything, split_dirs, votes_record
 from fer_common.preprocess import normalize
-from fer_common.train.recipes import ModelEma, Teachers, distillation_loss, mix_batch
+from fer_common.train.recipes import ModelEma, Teachers, VoteHead, distillation_loss, mix_batch, unwrap
 from fer_common.train.args import (check_distillation_args, check_training_outputs, check_vote_args, last_checkpoint_path,
                                    metrics_path)
 
@@ -49,6 +49,7 @@ class EpochOptions:
     augmentation: str = "standard"          # augmentation.POLICIES: standard or broad
     teachers: Teachers | None = None
     distill_weight: float = 0.7             # share of the loss from the teachers' soft labels
+    vote_head: VoteHead | None = None       # a second head learning FER+ votes (its loss is added)
 
     def __post_init__(self):
         if self.scaler is None:
@@ -72,7 +73,7 @@ def train_one_epoch(model, loader, opts: EpochOptions, desc: str = "train", quie
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=quiet)
-    for images, labels in bar:
+    for images, labels, *votes in bar:
         if len(labels) == 0:
             if is_distributed():
                 # Skipping would leave the other processes waiting for this one's gradients for ever.
@@ -80,9 +81,12 @@ def train_one_epoch(model, loader, opts: EpochOptions, desc: str = "train", quie
             continue
         teacher_x, x = training_views(images, opts.device, opts.prep, opts.augmentation)
         y = labels.to(opts.device, non_blocking=True)
-        loss = _batch_loss(model, x, y, opts, teacher_x)
+        votes = votes[0].to(opts.device, non_blocking=True) if votes else None
+        loss = _batch_loss(model, x, y, opts, teacher_x, votes)
         opts.optimizer.zero_grad(set_to_none=True)
         opts.scaler.scale(loss).backward()
+        if opts.vote_head is not None:
+            average_gradients(opts.vote_head)
         opts.scaler.step(opts.optimizer)
         opts.scaler.update()
         if opts.ema is not None:
@@ -94,8 +98,9 @@ def train_one_epoch(model, loader, opts: EpochOptions, desc: str = "train", quie
     return total / max(count, 1)
 
 
-def _batch_loss(model, x, y, opts: EpochOptions, teacher_x=None) -> torch.Tensor:
-    """The loss of one batch: cross-entropy (of both labels under mixup), blended with distillation if on.
+def _batch_loss(model, x, y, opts: EpochOptions, teacher_x=None, votes=None) -> torch.Tensor:
+    """The loss of one batch: cross-entropy (of both labels under mixup), blended with distillation if on,
+    plus the vote head's loss on the embedding when on (`votes`: the batch's vote distributions).
     The teachers see `teacher_x` (the undegraded view of the same images), or x when it is None."""
     teacher_x = x if teacher_x is None else teacher_x
     y2, lam = y, 1.0
@@ -103,12 +108,14 @@ def _batch_loss(model, x, y, opts: EpochOptions, teacher_x=None) -> torch.Tensor
         (x, teacher_x), y, y2, lam = mix_batch((x, teacher_x), y, opts.mixup)
     soft = opts.teachers.soft_targets(teacher_x) if opts.teachers is not None else None
     with autocast(opts.device, opts.amp):
-        logits, _ = model(x)
+        logits, embedding = model(x)
     logits = logits.float()
     loss = lam * opts.loss_fn(logits, y) + (1 - lam) * opts.loss_fn(logits, y2) if lam < 1 else opts.loss_fn(logits, y)
     if soft is not None:
         w = opts.distill_weight
         loss = (1 - w) * loss + w * distillation_loss(logits, soft, opts.teachers.temperature)
+    if opts.vote_head is not None and votes is not None:
+        loss = loss + opts.vote_head.loss(embedding, votes)
     return loss
 
 
@@ -166,8 +173,12 @@ def make_scheduler(optimizer, args):
 def make_epoch_options(args, model, train_labels, class_names, prep: dict, device) -> EpochOptions:
     """The optimiser, class-weighted loss, precision and recipes (EMA, mixup, teachers) that `args` ask for."""
     weights = class_weights(train_labels, len(class_names), args.class_weights)
+    vote_head = None
+    if args.vote_head:
+        vote_head = VoteHead(unwrap(model).classifier[-1].in_features, args.vote_head_weight).to(device)
+    params = list(model.parameters()) + (list(vote_head.parameters()) if vote_head else [])
     return EpochOptions(
-        optimizer=torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay),
+        optimizer=torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay),
         loss_fn=torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                           label_smoothing=args.label_smoothing),
         device=device, prep=prep, amp=amp_dtype(device, args.amp),
@@ -175,7 +186,7 @@ def make_epoch_options(args, model, train_labels, class_names, prep: dict, devic
         augmentation=args.augmentation,
         teachers=Teachers(args.teacher, class_names, prep, device, args.distill_temperature,
                           mirror=args.teacher_tta) if args.teacher else None,
-        distill_weight=args.distill_weight)
+        distill_weight=args.distill_weight, vote_head=vote_head)
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -210,6 +221,8 @@ class Run:
                  "early_stopping": self.stopper.state_dict()}
         if self.opts.ema is not None:
             state["ema"] = self.opts.ema.state_dict()
+        if self.opts.vote_head is not None:
+            state["vote_head"] = self.opts.vote_head.state_dict()
         return state
 
     def load_state_dict(self, ckpt: dict, path, log=print) -> None:
@@ -222,6 +235,8 @@ class Run:
             self.stopper.load_state_dict(ckpt["early_stopping"])
             if self.opts.ema is not None and "ema" in ckpt:
                 self.opts.ema.load_state_dict(ckpt["ema"])
+            if self.opts.vote_head is not None:
+                self.opts.vote_head.load_state_dict(ckpt["vote_head"])
         else:
             log(f"warning: {path} has no optimizer state (a best-model file); optimizer starts afresh")
         log(f"resuming from {path} at epoch {self.start_epoch}")
@@ -254,11 +269,15 @@ def start_model(args, model_type: str, model_config: dict, log):
     trained, asked = resume.get("votes"), votes_record(args)
     if (trained or {}).get("mode") != (asked or {}).get("mode"):
         def targets(v):
-            return f"FER+ votes ({v.get('file')}, --vote_mode {v.get('mode')})" if v else "the folders' labels"
+            if not v:
+                return "the folders' labels"
+            if v.get("mode") == "head":
+                return f"the folders' labels with a FER+ vote head ({v.get('file')})"
+            return f"FER+ votes ({v.get('file')}, --vote_mode {v.get('mode')})"
         raise FERError(f"{args.resume} was trained on {targets(trained)}, this run asks for {targets(asked)}: "
-                       f"give the same --votes and --vote_mode to resume")
+                       f"give the same --votes, --vote_mode and --vote_head to resume")
     if trained and trained.get("sha256") != asked["sha256"]:
-        log(f"warning: --votes {args.votes} is not the votes file {args.resume} started with ({trained.get('file')}): "
+        log(f"warning: {args.votes or args.vote_head} is not the votes file {args.resume} started with ({trained.get('file')}): "
             f"the targets change from here on")
     if resume["class_names"] != class_names:
         raise FERError(f"{args.resume} was trained on classes {', '.join(resume['class_names'])}, the data "

@@ -1,10 +1,12 @@
-"""Training recipes on top of the plain loop: weight EMA, mixup, and distillation from trained teachers."""
+"""Training recipes on top of the plain loop: weight EMA, mixup, distillation from trained teachers, and a
+second head that learns the FER+ crowd's votes."""
 
 import copy
 
 import numpy as np
 import torch
 
+from fer_common.datasets import ferplus
 from fer_common.model.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_common.errors import FERError
 from fer_common.preprocess import mean_std
@@ -119,3 +121,22 @@ def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperat
     """KL(teachers || student) at temperature T, scaled by T^2 so its gradients match the hard loss's (Hinton et al.)."""
     log_p = torch.log_softmax(logits.float() / temperature, dim=1)
     return torch.nn.functional.kl_div(log_p, soft_targets, reduction="batchmean") * temperature ** 2
+
+
+class VoteHead(torch.nn.Module):
+    """A training-only second head (multi-task): a linear layer on the model's embedding that learns the FER+
+    crowd's vote distribution, while the model's own classifier keeps the folders' labels. The shared features
+    get the crowd's reading as extra signal; the saved model is the model alone (the head's weights ride only
+    in *.last.pth, for --resume)."""
+
+    def __init__(self, embedding_dim: int, weight: float = 0.5):
+        super().__init__()
+        self.linear = torch.nn.Linear(embedding_dim, ferplus.N_EMOTIONS)
+        self.weight = weight
+
+    def loss(self, embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """weight x the soft cross-entropy against the rows of `targets` (N x 8 vote distributions) that have
+        votes; rows of zeros (no votes) add nothing."""
+        has = targets.sum(1) > 0
+        log_p = torch.log_softmax(self.linear(embedding[has].float()), dim=1)
+        return self.weight * -(targets[has] * log_p).sum(1).sum() / max(int(has.sum()), 1)

@@ -232,6 +232,41 @@ def test_crossentropy_mode_trains_streamed_too(voted, tmp_path):
     assert load_checkpoint(tmp_path / "m.pth")["votes"]["mode"] == "crossentropy"
 
 
+def test_vote_head_learns_votes_beside_the_folders_labels_then_resume(voted, tmp_path):
+    out = tmp_path / "m.pth"
+    args = ["--dataset_path", voted / "dataset", "--vote_head", voted / "votes.csv", "--epochs", "1", "--batch_size",
+            "8", "--num_workers", "0", "--output_model", out, "--output_onnx", tmp_path / "m.onnx"]
+    r = run_script("fine_tuning.py", *args)
+    assert r.returncode == 0, r.stderr
+    # every train_new face keeps its folder label; the head learns the 47 with a distribution
+    assert "vote head: 47 of 49 train images have a FER+ target" in r.stdout
+    assert "data: 49 train / 21 val images in 7 classes" in r.stdout and "a FER+ vote head (weight 0.5)" in r.stdout
+    ckpt = load_checkpoint(out, expected_type="default")
+    assert ckpt["class_names"] == sorted(EMOTIONS) and ckpt["votes"]["mode"] == "head"
+    assert not any(k.startswith("vote_head") or "linear" in k for k in ckpt["state_dict"])   # the model alone
+    last = load_checkpoint(tmp_path / "m.last.pth")
+    assert last["vote_head"]["linear.weight"].shape == (8, 128)
+    r = run_script("fine_tuning.py", *args, "--epochs", "2", "--resume", tmp_path / "m.last.pth", "--no_cache")
+    assert r.returncode == 0, r.stderr
+    assert "epoch   2/2" in r.stdout and "streamed from disk" in r.stdout
+    # resuming without the head is refused, as resuming on other targets is
+    plain = [a for a in args if a not in ("--vote_head", voted / "votes.csv")]
+    r = run_script("fine_tuning.py", *plain, "--epochs", "3", "--resume", tmp_path / "m.last.pth")
+    assert r.returncode == 1 and "with a FER+ vote head (votes.csv), this run asks for the folders' labels" in r.stderr
+
+
+def test_vote_head_loss_counts_only_faces_with_votes():
+    from fer_common.train.recipes import VoteHead
+
+    head = VoteHead(4, weight=2.0)
+    embedding = torch.randn(3, 4)
+    targets = torch.zeros(3, 8)
+    targets[0, 2] = 1.0
+    expected = -torch.log_softmax(head.linear(embedding[:1]), 1)[0, 2] * 2.0
+    assert torch.allclose(head.loss(embedding, targets), expected)
+    assert head.loss(embedding, torch.zeros(3, 8)).item() == 0.0
+
+
 def test_majority_mode_leaves_out_faces_without_a_majority(voted):
     from fer_common.datasets.folders import list_samples
 
@@ -256,6 +291,12 @@ def test_vote_flags_refused_in_one_line(voted, tmp_path, capsys):
     other = write_csv(tmp_path / "other.csv", HEADER, [["train/happy/elsewhere.png", *votes(happiness=10)]])
     line = one_error_line(capsys, train.main, parser, [*base, "--votes", other])
     assert "has a FER+ target" in line and "are these the votes of this data set?" in line
+    line = one_error_line(capsys, train.main, parser, [*base, "--vote_head", other])
+    assert "--vote_head" in line and "are these the votes of this data set?" in line
+    assert "needs --vote_head FILE" in one_error_line(capsys, train.main, parser, [*base, "--vote_head_weight", "2"])
+    both = [*base, "--vote_head", voted / "votes.csv"]
+    assert "give one of them" in one_error_line(capsys, train.main, parser, [*both, "--votes", voted / "votes.csv"])
+    assert "--mixup" in one_error_line(capsys, train.main, parser, [*both, "--mixup", "0.2"])
     assert not (tmp_path / "m.pth").exists()
 
 
