@@ -4,49 +4,24 @@
 
 Each face crop is classified as it is, mirrored, zoomed in (a centred crop of 0.9 or 0.95 of its side, resized
 back, and mirrored), and shifted 2 px each way (edges reflected); a view set's prediction is the mean of its views'
-probabilities. The toolkit's TTA today is the first two views (the crop and its mirror). Choose on the
+probabilities. The toolkit's TTA is the first two views (the crop and its mirror); `--tta_views 4` and `10` are
+two of the sets here (fer_common/infer/tta.py holds the views). Choose on the
 validation split, report on PublicTest; each extra view costs one more forward pass per face. Figures go to
 models/README.md by hand.
 """
 
-import cv2
 import numpy as np
 
 from fer_common.cli import make_parser, path_arg, run_main
 from fer_common.datasets.folders import list_samples
 from fer_common.errors import FERError
 from fer_common.infer.predictor import Predictor
-from fer_common.preprocess import read_image
+from fer_common.infer.tta import VIEW_SETS, VIEWS
+from fer_common.preprocess import read_image, resize
 
 from .common import REPO
 
 
-def zoom(image: np.ndarray, fraction: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    ch, cw = round(h * fraction), round(w * fraction)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return cv2.resize(image[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def shift(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    return cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REFLECT)
-
-
-def mirror(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image[:, ::-1])
-
-
-VIEWS = {
-    "crop": lambda im: im,
-    "mirror": mirror,
-    "zoom 0.9": lambda im: zoom(im, 0.9),
-    "zoom 0.9, mirrored": lambda im: mirror(zoom(im, 0.9)),
-    "zoom 0.95": lambda im: zoom(im, 0.95),
-    "zoom 0.95, mirrored": lambda im: mirror(zoom(im, 0.95)),
-    **{f"shift {dx:+d},{dy:+d}": (lambda im, dx=dx, dy=dy: shift(im, dx, dy))
-       for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))},
-}
 SETS = {
     "crop (no TTA)": ["crop"],
     "crop + mirror (the toolkit's TTA)": ["crop", "mirror"],
@@ -60,10 +35,12 @@ SETS = {
 
 
 def view_probabilities(predictor, images: list, batch: int = 512) -> dict:
-    """view name -> N x classes probabilities of the predictor (its own TTA off) on each image's view."""
+    """view name -> N x classes probabilities of the predictor (its own TTA off) on each image's view (the
+    views of --tta_views, fer_common.infer.tta, made on the uint8 crops at the model's input size)."""
+    stack = np.stack([resize(im, predictor.preprocessing["input_size"]) for im in images])[:, None]
     out = {}
     for name, make in VIEWS.items():
-        views = [make(im) for im in images]
+        views = list(make(stack)[:, 0])
         out[name] = np.concatenate([predictor.predict(views[i:i + batch]).probabilities
                                     for i in range(0, len(views), batch)])
     return out

@@ -39,6 +39,7 @@ import numpy as np
 
 from fer_common.infer.bulk import DEFAULT_BATCH_SIZE, classify_batch
 from fer_common.errors import FERError
+from fer_common.infer.tta import tta_setting
 from fer_common.files import os_error_text
 from fer_common.results import Result
 from fer_common.infer.writers import import_pyarrow
@@ -96,7 +97,7 @@ def classifier_settings(predictor, tta: bool = False, device: str = "cpu", provi
     arguments (None: each image is one face)."""
     members = getattr(predictor, "members", [predictor])
     return {"models": [str(Path(m.path).resolve()) for m in members], "model_type": predictor.model_type,
-            "tta": bool(tta), "device": device, "provider": provider, "detector": detector}
+            "tta": tta_setting(tta), "device": device, "provider": provider, "detector": detector}
 
 
 # ------------------------------------------------------------------------------------------------- driver

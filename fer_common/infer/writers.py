@@ -31,6 +31,7 @@ import numpy as np
 
 from fer_common.version import __version__
 from fer_common.errors import FERError
+from fer_common.infer.tta import tta_setting
 from fer_common.files import atomic_path, check_regular_file, write_json
 from fer_common.results import Result, table_columns, table_rows
 from fer_common.files import sha256_file
@@ -41,13 +42,14 @@ FORMATS = (".jsonl", ".csv")
 PROVENANCE_KEYS = ("version", "model", "model_sha256", "classes", "tta", "detector", "embedding")
 
 
-def provenance(predictor, tta: bool, detector: str | None, embedding: bool = False) -> dict:
-    """Who wrote an output: toolkit version, model file name(s) and SHA-256, classes, TTA, detector."""
+def provenance(predictor, tta, detector: str | None, embedding: bool = False) -> dict:
+    """Who wrote an output: toolkit version, model file name(s) and SHA-256, classes, TTA (true, false or a
+    number of views: tta.tta_setting), detector."""
     members = getattr(predictor, "members", [predictor])
     return {"toolkit": "fer-toolkit", "version": __version__,
             "model": " + ".join(Path(m.path).name for m in members),
             "model_sha256": " + ".join(sha256_file(m.path) for m in members),
-            "classes": list(predictor.class_names), "tta": bool(tta), "detector": detector,
+            "classes": list(predictor.class_names), "tta": tta_setting(tta), "detector": detector,
             "embedding": bool(embedding)}
 
 

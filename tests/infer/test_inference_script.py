@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -68,6 +69,23 @@ def test_folder_no_detect_json_embedding(models, tmp_path, capsys):
     assert [r["source"] for r in result] == [str(folder / "a_photo.jpg"), str(folder / "b_face.png")]
     assert result[1]["faces"][0]["box"] == [0, 0, 48, 48] and len(result[1]["faces"][0]["embedding"]) == 128
     assert sorted(p.name for p in out.iterdir()) == ["a_photo.jpg", "b_face.png"]
+
+
+def test_tta_views_flag_runs_recorded_and_checked(models, tmp_path, capsys):
+    parse = inference.get_args_parser().parse_args
+    assert [parse(["x.jpg", *flags]).tta for flags in ([], ["--no_tta"], ["--tta_views", "10"], ["--tta_views", "2"],
+                                                       ["--tta_views", "10", "--no_tta"])] == [True, False, 10, True, False]
+    out = tmp_path / "out.jsonl"
+    code, stdout, err = run([TEST_IMAGE, "--checkpoint", models / "fer_model.onnx", "--tta_views", "10",
+                             "--output", out], capsys)
+    assert code == 0, err
+    assert "TTA of 10 views" in stdout and json.loads(Path(f"{out}.meta.json").read_text())["tta"] == 10
+    # resuming that output with another view count is refused, as another model would be
+    code, _, err = run([TEST_IMAGE, "--checkpoint", models / "fer_model.onnx", "--output", out, "--resume"], capsys)
+    assert code == 1 and "tta" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run([TEST_IMAGE, "--tta_views", "3"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "error: argument --tta_views: must be one of 2, 4, 10, got '3'" in err
 
 
 def test_onnx_and_pth_give_the_same_json(models, capsys):

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -51,6 +52,42 @@ def test_tta_averages_crop_and_mirror(models):
     probs, emb = tta(crops)
     np.testing.assert_allclose(probs, (p + mirrored) / 2, atol=1e-5)
     assert emb.shape == (3, 128)
+
+
+def test_views_are_opencvs_zoom_and_reflected_shift():
+    from fer_common.infer import tta
+
+    rng = np.random.default_rng(4)
+    batch = rng.random((3, 2, 48, 40)).astype(np.float32)          # N, C, H, W
+    for n, c in ((0, 0), (2, 1)):
+        plane = batch[n, c]
+        moved = cv2.warpAffine(plane, np.float32([[1, 0, -2], [0, 1, 2]]), (40, 48), borderMode=cv2.BORDER_REFLECT)
+        np.testing.assert_array_equal(tta.shift(batch, -2, 2)[n, c], moved)
+        ch, cw = round(48 * 0.9), round(40 * 0.9)
+        y, x = (48 - ch) // 2, (40 - cw) // 2
+        zoomed = cv2.resize(plane[y:y + ch, x:x + cw], (40, 48), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(tta.zoom(batch, 0.9)[n, c], zoomed, atol=1e-5)
+    big = rng.random((300, 2, 8, 8)).astype(np.float32)             # past OpenCV's 512 channels a call
+    np.testing.assert_allclose(tta.zoom(big, 0.75)[-1, -1], cv2.resize(big[-1, -1, 1:7, 1:7], (8, 8)), atol=1e-5)
+    assert [len(tta.view_names(t)) for t in (False, True, 1, 2, 4, 10, "10")] == [1, 2, 1, 2, 4, 10, 10]
+    assert tta.tta_setting(2) is True and tta.tta_setting(1) is False and tta.tta_setting(10) == 10
+    with pytest.raises(FERError, match="takes 1, 2, 4, 10 views"):
+        tta.view_names(3)
+
+
+def test_more_views_average_what_each_view_says(models):
+    from fer_common.infer import tta
+
+    crops = faces(3, seed=5)
+    plain, ten = Predictor(models / "fer_model.onnx"), Predictor(models / "fer_model.onnx", tta=10)
+    batch = np.stack([cv2.resize(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+                      for c in crops])[:, None]
+    expected = np.mean([plain(list(tta.views(v, batch.astype(np.float32))[:, 0])).probabilities
+                        for v in tta.VIEW_SETS[10]], axis=0)
+    probs, emb = ten(crops)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(emb, plain(crops).embeddings, atol=1e-5)      # the crop's own embedding
+    assert "TTA of 10 views" in ten.describe() and ten.tta == 10
 
 
 def test_class_order_from_file_is_honoured(tmp_path, models):
