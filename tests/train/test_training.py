@@ -176,14 +176,22 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
 
 
 def test_torchrun_two_processes_gloo(tiny_data, tmp_path):
+    from fer_common.datasets import ferplus
+
+    # With a FER+ vote head, whose gradients the processes average themselves (DDP does not see the head).
+    column = dict(zip(ferplus.COLUMN_CLASSES, ferplus.VOTE_COLUMNS))
+    images = sorted((tiny_data / "train_new").glob("*/*.png"))
+    ferplus.write_votes(tmp_path / "votes.csv", [f"train/{p.parent.name}/{p.name}" for p in images],
+                        [[8.0 * (c == column[p.parent.name]) for c in ferplus.VOTE_COLUMNS] for p in images])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "fine_tuning.py"), "--dataset_path", str(tiny_data), "--epochs", "1", "--batch_size", "8",
-           "--num_workers", "0", "--device", "cpu",
+           "--num_workers", "0", "--device", "cpu", "--vote_head", str(tmp_path / "votes.csv"),
            "--output_model", str(tmp_path / "ddp.pth"), "--output_onnx", str(tmp_path / "ddp.onnx")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "x 2 processes" in r.stdout
+    assert "x 2 processes" in r.stdout and f"vote head: {len(images)} of {len(images)} train images" in r.stdout
+    assert "vote_head" in load_checkpoint(tmp_path / "ddp.last.pth")
     assert r.stdout.count("epoch   1/1") == 1                          # only rank 0 reports
     ckpt = load_checkpoint(tmp_path / "ddp.pth", expected_type="default")
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
