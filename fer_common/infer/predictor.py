@@ -285,11 +285,10 @@ def resolve_model_file(model_type: str = "default", checkpoint=None, use_onnx: b
 
 def _views_arg(text: str):
     """--tta_views N: a TTA setting (tta_setting) of 2, 4 or 10 views."""
-    try:
-        return tta_setting(int(text) if str(text).strip().isdigit() and int(text) > 1 else text)
-    except FERError:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(str(n) for n in VIEW_SETS if n > 1)}, "
-                                         f"got '{text}'") from None
+    choices = [n for n in VIEW_SETS if n > 1]
+    if not str(text).strip().isdigit() or int(text) not in choices:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(str, choices))}, got '{text}'")
+    return tta_setting(int(text))
 
 
 def add_predictor_args(parser, tta: bool = False):
