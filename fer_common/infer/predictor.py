@@ -22,7 +22,7 @@ from fer_common.device import set_cpu_threads
 from fer_common.errors import FERError
 from fer_common.metrics import softmax
 from fer_common.model_info import MODEL_TYPES, check_graph, read_onnx_metadata, temperature_of
-from fer_common.infer.tta import VIEW_SETS, tta_setting, view_names, views
+from fer_common.infer.tta import VIEW_SETS, VIEWS, tta_setting, view_names
 from fer_common.preprocess import prepare_batch, small_input
 from fer_common.runtime import PROVIDERS, make_session
 from fer_common.shipped import DETECTOR_FILE, MODEL_FILE, MODEL_STEM, SHIPPED_MODELS_DIR, SHORT_NAMES
@@ -142,10 +142,12 @@ class Predictor:
             return Prediction(np.zeros((0, self.num_classes), np.float32), np.zeros((0, self.embedding_dim), np.float32))
         batch = prepare_batch(crops, self.preprocessing, bgr=bgr)            # N, C, H, W
         n, k = len(crops), len(self.views)
-        if k > 1 and small_input(self.preprocessing):      # the views in one forward pass (k x N)
-            logits, embeddings = self._forward(np.concatenate([views(v, batch) for v in self.views]))
+        if k == 1:
+            logits, embeddings = self._forward(batch)
+        elif small_input(self.preprocessing):               # the views in one forward pass (k x N)
+            logits, embeddings = self._forward(np.concatenate([VIEWS[v](batch) for v in self.views]))
         else:                                               # big inputs: a pass per view bounds the memory
-            outputs = [self._forward(views(v, batch)) for v in self.views]
+            outputs = [self._forward(VIEWS[v](batch)) for v in self.views]
             logits, embeddings = (np.concatenate([o[i] for o in outputs]) for i in (0, 1))
         probabilities = softmax(logits, self.temperature if temperature is None else temperature)
         # The views show the same face: average what they say; the embedding stays the crop's own.

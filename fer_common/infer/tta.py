@@ -1,7 +1,7 @@
 """Test-time augmentation: the views of a face batch whose probabilities the predictor averages.
 
     batch = prepare_batch(crops, prep)        # N x C x H x W, the model's input
-    views("zoom 0.95", batch)                 # the same faces zoomed in: a centred 0.95 crop resized back
+    VIEWS["zoom 0.95"](batch)                 # the same faces zoomed in: a centred 0.95 crop resized back
     view_names(True)                          # ("crop", "mirror"): the toolkit's TTA
     view_names(10)                            # all ten views (opt-in: --tta_views 10, FER(tta=10))
 
@@ -65,8 +65,6 @@ def tta_setting(tta) -> bool | int:
     """A TTA setting in its one spelling: False (1 view), True (the crop and its mirror: 2 views), or 4 or 10."""
     if tta is None or isinstance(tta, bool):
         return bool(tta)
-    if isinstance(tta, str) and tta.strip().isdigit():
-        tta = int(tta)
     if not isinstance(tta, int) or tta not in VIEW_SETS:
         raise FERError(f"test-time augmentation takes {', '.join(map(str, VIEW_SETS))} views (or True/False), "
                        f"not {tta!r}")
@@ -77,8 +75,3 @@ def view_names(tta) -> tuple:
     """The views a TTA setting averages: False -> the crop alone, True -> crop and mirror, N -> VIEW_SETS[N]."""
     tta = tta_setting(tta)
     return VIEW_SETS[2 if tta is True else 1 if tta is False else tta]
-
-
-def views(name: str, batch: np.ndarray) -> np.ndarray:
-    """One named view of an N x C x H x W batch."""
-    return VIEWS[name](batch)
