@@ -110,16 +110,19 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Call] | None:
         with self._cond:
-            while not self._calls:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            deadline = self._calls[0].arrived + self.max_wait
-            while self._waiting < self.max_faces and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            while True:
+                while not self._calls:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                deadline = self._calls[0].arrived + self.max_wait
+                while self._calls and self._waiting < self.max_faces and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._calls:          # else another worker took them while this one waited: wait again
                     break
-                self._cond.wait(left)
             batch, faces, bgr = [], 0, self._calls[0].bgr
             while self._calls and self._calls[0].bgr == bgr and (
                     not batch or faces + len(self._calls[0].crops) <= self.max_faces):

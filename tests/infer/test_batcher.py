@@ -180,3 +180,22 @@ def test_submitted_calls_are_futures_and_a_cancelled_one_is_left_out():
     empty = batcher.submit([])
     assert empty.done() and empty.result().probabilities.shape == (0, 2)
     batcher.close()
+
+
+def test_a_worker_whose_calls_another_took_while_it_waited_keeps_going():
+    # Two workers: one waits out the first call's max_wait, the other fills the batch with the second call and
+    # takes both; the first wakes to an empty queue and must wait again, not end with an exception.
+    crashed = []
+    hook, threading.excepthook = threading.excepthook, lambda a: crashed.append(a.exc_type)
+    try:
+        batcher = DynamicBatcher(Recorder(), max_faces=2, max_wait_ms=30, workers=2)
+        for i in range(20):
+            first = batcher.submit([crop(i)])
+            time.sleep(0.005)                      # a worker is waiting out max_wait for this call
+            second = batcher.submit([crop(i)])
+            assert first.result(5) and second.result(5)
+        time.sleep(0.1)
+        assert crashed == [] and all(t.is_alive() for t in batcher._threads)
+        batcher.close()
+    finally:
+        threading.excepthook = hook
