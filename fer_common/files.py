@@ -79,7 +79,41 @@ def image_pixels_problem(data) -> str | None:
     return f"the image claims {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} M pixels accepted"
 
 
+# JPEG's start-of-frame markers (baseline, progressive, lossless, arithmetic), which carry the image's size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _jpeg_png_size(data) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's frame header, read in microseconds (Pillow takes 0.1 ms
+    for a photo: a bulk run's 2%); None for any other format or layout, which Pillow then reads."""
+    view = memoryview(data).cast("B")
+    if view[:8] == _PNG_SIGNATURE and view[12:16] == b"IHDR":
+        size = int.from_bytes(view[16:20], "big"), int.from_bytes(view[20:24], "big")
+        return size if all(size) else None
+    if view[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(view) and view[i] == 0xFF:
+        marker = view[i + 1]
+        if marker == 0xFF:                              # a fill byte before the marker
+            i += 1
+        elif marker in _JPEG_SOF:
+            size = int.from_bytes(view[i + 7:i + 9], "big"), int.from_bytes(view[i + 5:i + 7], "big")
+            return size if all(size) else None          # a height of 0 is given later (DNL): let Pillow say
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a segment
+            i += 2
+        elif marker in (0xD9, 0xDA):                    # end of image or start of scan before any frame
+            return None
+        else:
+            i += 2 + int.from_bytes(view[i + 2:i + 4], "big")
+    return None
+
+
 def _header_size(data) -> tuple[int, int] | None:
+    size = _jpeg_png_size(data)
+    if size is not None:
+        return size
     try:
         from PIL import Image
     except ImportError:

@@ -99,18 +99,18 @@ class Service:
         if detect and detector is None:
             raise ServeError(400, "this server has no face detector: send face crops with ?detect=false")
         if detector is None and sum(len(data) for data, _ in images) <= DECODE_ON_LOOP_BYTES:
-            decoded, (crops, found) = self._find(images, None)
+            crops, found = self._find(images, None)
         else:
-            decoded, (crops, found) = await run(self._find, images, detector)
+            crops, found = await run(self._find, images, detector)
         p = await asyncio.wrap_future(self.batcher.submit(crops))
-        results = assemble_results(self.predictor.class_names, decoded, found, p.probabilities, p.embeddings)
+        results = assemble_results(self.predictor.class_names, found, p.probabilities, p.embeddings)
         self.metrics.images.inc(len(results))
         self.metrics.faces.inc(sum(len(r.faces) for r in results))
         return results
 
-    def _find(self, images: list, detector) -> tuple[list, tuple]:
-        decoded = [(decode_for(self.predictor, data, detector is not None), name) for data, name in images]
-        return decoded, find_faces(decoded, detector)
+    def _find(self, images: list, detector) -> tuple[list, list]:
+        return find_faces(((decode_for(self.predictor, data, detector is not None), name) for data, name in images),
+                          detector)
 
     def close(self) -> None:
         self.batcher.close()

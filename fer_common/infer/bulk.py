@@ -113,15 +113,15 @@ def decode_for(predictor, data, detect: bool) -> np.ndarray | None:
     return decode_image(data, decode_channels(predictor, detect), bgr=True)
 
 
-def analyse_images(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
+def analyse_images(predictor, images: Iterable, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
                    spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
     """Decoded images -> one Result each, in order: the one composition of detect -> crop -> predict.
 
-    images: (array or None when unreadable, name) pairs, arrays BGR or gray uint8. detector: an object with
-    detect_with_scores, or None (each image is one face crop). One forward pass per `batch_size` faces. `start`
-    numbers the results (Result.index); `spent` adds seconds per stage; the locks guard a shared detector
-    or model. (fer serve runs the same three steps with the forward pass awaited: find_faces, then its
-    batcher, then assemble_results.)"""
+    images: (array or None when unreadable, name) pairs, arrays BGR or gray uint8; a generator is consumed one
+    image at a time (find_faces). detector: an object with detect_with_scores, or None (each image is one face
+    crop). One forward pass per `batch_size` faces. `start` numbers the results (Result.index); `spent` adds
+    seconds per stage; the locks guard a shared detector or model. (fer serve runs the same three steps with
+    the forward pass awaited: find_faces, then its batcher, then assemble_results.)"""
     spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
     crops, found = find_faces(images, detector, spent, detect_lock)
     t0 = time.perf_counter()
@@ -132,15 +132,19 @@ def analyse_images(predictor, images: list, detector=None, batch_size: int = DEF
         probs.append(p.probabilities)
         embs.append(p.embeddings)
     spent["classify"] += time.perf_counter() - t0
-    return assemble_results(predictor.class_names, images, found, np.concatenate(probs), np.concatenate(embs), start)
+    return assemble_results(predictor.class_names, found, np.concatenate(probs), np.concatenate(embs), start)
 
 
-def find_faces(images: list, detector=None, spent: dict | None = None, detect_lock=None) -> tuple[list, list]:
-    """analyse_images' first step: (every face crop, in order; per image (boxes, scores, size, error))."""
+def find_faces(images: Iterable, detector=None, spent: dict | None = None, detect_lock=None) -> tuple[list, list]:
+    """analyse_images' first step: (every face crop, in order; per image (name, boxes, scores, size, error)).
+
+    Each image is detected as it comes, and only its faces' pixels are kept (copies): given a generator that
+    decodes (classify_batch), a batch never holds its whole images (64 phone photos of 12 M pixels would be
+    2.3 GB a worker), at the same speed (benchmarks/README.md)."""
     crops, found = [], []
-    for image, _ in images:
+    for image, name in images:
         if image is None:
-            found.append((np.zeros((0, 4), np.int32), None, None, UNREADABLE))
+            found.append((name, np.zeros((0, 4), np.int32), None, None, UNREADABLE))
             continue
         size = (image.shape[1], image.shape[0])
         if detector is None:
@@ -150,17 +154,17 @@ def find_faces(images: list, detector=None, spent: dict | None = None, detect_lo
             t0 = time.perf_counter()
             with detect_lock or contextlib.nullcontext():
                 boxes, scores = detector.detect_with_scores(image)
-            crops += crop_faces(image, boxes)
+            crops += [crop.copy() for crop in crop_faces(image, boxes)]
             if spent is not None:
                 spent["detect"] += time.perf_counter() - t0
-        found.append((boxes, scores, size, None))
+        found.append((name, boxes, scores, size, None))
     return crops, found
 
 
-def assemble_results(class_names, images: list, found: list, probs, embs, start: int = 0) -> list[Result]:
+def assemble_results(class_names, found: list, probs, embs, start: int = 0) -> list[Result]:
     """analyse_images' last step: find_faces' faces and their probabilities and embeddings -> one Result each."""
     results, k = [], 0
-    for j, ((_, name), (boxes, scores, size, error)) in enumerate(zip(images, found)):
+    for j, (name, boxes, scores, size, error) in enumerate(found):
         n = len(boxes)
         results.append(make_result(name, class_names, boxes, probs[k:k + n], embs[k:k + n], scores,
                                    size=size, error=error, index=start + j))
@@ -170,15 +174,34 @@ def assemble_results(class_names, images: list, found: list, probs, embs, start:
 
 def classify_batch(predictor, paths: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE, start: int = 0,
                    spent: dict | None = None, detect_lock=None, classify_lock=None) -> list[Result]:
-    """One batch of image paths -> one Result each, in order: read them (read_for), then analyse_images.
+    """One batch of image paths -> one Result each, in order: each read (read_for) and passed on to
+    analyse_images as it is decoded.
 
     The unit of work of every bulk engine: iter_results' threads here, Ray Data's workers
     (fer_common.infer.cluster)."""
     spent = spent if spent is not None else dict.fromkeys(STAGES, 0.0)
-    t0 = time.perf_counter()
-    images = [(read_for(predictor, path, detector is not None), path) for path in paths]
-    spent["read"] += time.perf_counter() - t0
-    return analyse_images(predictor, images, detector, batch_size, start, spent, detect_lock, classify_lock)
+    detect = detector is not None
+
+    def decoded():
+        for path in paths:
+            t0 = time.perf_counter()
+            image = read_for(predictor, path, detect)
+            spent["read"] += time.perf_counter() - t0
+            yield image, path
+
+    return analyse_images(predictor, decoded(), detector, batch_size, start, spent, detect_lock, classify_lock)
+
+
+def chunk_sizes(n: int, batch_size: int, workers: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the chunks of n images: batch_size each, then smaller ones at the end, so that every
+    worker finishes at about the same time (a last full chunk would keep one core busy while the others wait:
+    64 photos with detection are 0.3 s)."""
+    start = 0
+    while start < n:
+        size = batch_size if workers == 1 else min(max(-(-(n - start) // (2 * workers)), 8), batch_size)
+        size = min(size, n - start)
+        yield start, size
+        start += size
 
 
 def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -214,7 +237,7 @@ def iter_results(predictor, images: list, detector=None, batch_size: int = DEFAU
                                  classify_lock)
         return results, spent
 
-    chunks = ((s, images[s:s + batch_size]) for s in range(0, len(images), batch_size))
+    chunks = ((s, images[s:s + size]) for s, size in chunk_sizes(len(images), batch_size, workers))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="fer-bulk")
     pending = deque()
     try:

@@ -101,3 +101,39 @@ def test_tally_summary():
         t.add(r)
     assert t.summary() == "5 images: 2 read, 3 skipped (unreadable), 1 without a face; 2 faces"
     assert t.skipped_report() == "warning: skipped 3 unreadable image(s): bad0.png, bad1.png (and 1 more)"
+
+
+@pytest.mark.parametrize("n, batch_size, workers", [(1000, 64, 2), (10, 64, 2), (5, 1, 3), (300, 64, 8), (130, 64, 1)])
+def test_chunks_cover_every_image_once_and_shrink_at_the_end(n, batch_size, workers):
+    chunks = list(bulk.chunk_sizes(n, batch_size, workers))
+    starts = [start for start, _ in chunks]
+    assert starts == sorted(starts) and all(a + k == b for (a, k), b in zip(chunks, starts[1:] + [n]))
+    sizes = [k for _, k in chunks]
+    assert all(1 <= k <= batch_size for k in sizes)
+    if workers == 1:
+        assert sizes[:-1] == [batch_size] * (len(sizes) - 1)
+    else:       # the last chunks are small, so that no core waits long for the last one
+        assert sizes[-1] <= 8 and sizes == sorted(sizes, reverse=True)
+
+
+def test_each_image_is_detected_as_it_is_decoded_and_only_its_faces_are_kept(predictor, tmp_path):
+    """A batch never holds its whole images: each is detected before the next is read, and the crops that
+    wait for the forward pass are copies, not views that keep the image alive."""
+    events = []
+
+    def images():
+        for i in range(4):
+            events.append(("read", i))
+            yield np.full((60, 80, 3), 40 * i, np.uint8), f"{i}.png"
+
+    class Detector:
+        def detect_with_scores(self, frame):
+            events.append(("detect", int(frame[0, 0, 0]) // 40))
+            return np.array([[10, 5, 48, 48]], np.int32), np.ones(1, np.float32)
+
+    crops, found = bulk.find_faces(images(), Detector())
+    assert events == [(kind, i) for i in range(4) for kind in ("read", "detect")]
+    assert all(crop.base is None and crop.shape == (48, 48, 3) for crop in crops)
+    assert [name for name, *_ in found] == ["0.png", "1.png", "2.png", "3.png"]
+    results = bulk.analyse_images(predictor, images(), Detector())
+    assert [r.source for r in results] == ["0.png", "1.png", "2.png", "3.png"] and all(len(r.faces) == 1 for r in results)
