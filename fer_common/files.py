@@ -22,8 +22,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".t
                     ".pbm", ".pnm", ".sr", ".ras", ".jp2", ".hdr", ".pic", ".avif", ".gif"}
 # Video containers the video writer has a codec for (see video.FOURCCS).
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm"}
-# Decoding a header that claims 60000 x 60000 pixels would take 10 GB: refuse images above this many pixels.
-MAX_IMAGE_PIXELS = 1 << 26      # 67 M pixels (8192 x 8192), 200 MB as BGR
 
 
 def is_image_name(name) -> bool:
@@ -47,84 +45,6 @@ def writable_image_extension(suffix: str) -> bool:
     except cv2.error:
         return False
     return bool(ok)
-
-
-def image_header_size(data) -> tuple[int, int] | None:
-    """(width, height) an image file's header claims, read without decoding the pixels; None if unknown."""
-    try:
-        return _header_size(data)
-    except Exception:   # Pillow does not know the format, the header is damaged, or it claims gigapixels
-        return None
-
-
-def image_pixels_problem(data) -> str | None:
-    """Why an image is refused undecoded for the size its header claims (more than MAX_IMAGE_PIXELS: decoding
-    could exhaust memory); None when within the limit or unknown (then OpenCV decides, with its own limit)."""
-    import re
-
-    try:
-        size = _header_size(data)
-    except Exception as e:
-        # Pillow refuses to open a header over twice its own limit, naming the pixels it claims.
-        claimed = re.search(r"\((\d+) pixels\)", str(e)) if type(e).__name__ == "DecompressionBombError" else None
-        if claimed is None:
-            return None
-        pixels, what = int(claimed.group(1)), f"{int(claimed.group(1)):,} pixels"
-    else:
-        if size is None:
-            return None
-        pixels, what = size[0] * size[1], f"{size[0]} x {size[1]} pixels"
-    if pixels <= MAX_IMAGE_PIXELS:
-        return None
-    return f"the image claims {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} M pixels accepted"
-
-
-# JPEG's start-of-frame markers (baseline, progressive, lossless, arithmetic), which carry the image's size.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _jpeg_png_size(data) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR or a JPEG's frame header, read in microseconds (Pillow takes 0.1 ms
-    for a photo: a bulk run's 2%); None for any other format or layout, which Pillow then reads."""
-    view = memoryview(data).cast("B")
-    if view[:8] == _PNG_SIGNATURE and view[12:16] == b"IHDR":
-        size = int.from_bytes(view[16:20], "big"), int.from_bytes(view[20:24], "big")
-        return size if all(size) else None
-    if view[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 <= len(view) and view[i] == 0xFF:
-        marker = view[i + 1]
-        if marker == 0xFF:                              # a fill byte before the marker
-            i += 1
-        elif marker in _JPEG_SOF:
-            size = int.from_bytes(view[i + 7:i + 9], "big"), int.from_bytes(view[i + 5:i + 7], "big")
-            return size if all(size) else None          # a height of 0 is given later (DNL): let Pillow say
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a segment
-            i += 2
-        elif marker in (0xD9, 0xDA):                    # end of image or start of scan before any frame
-            return None
-        else:
-            i += 2 + int.from_bytes(view[i + 2:i + 4], "big")
-    return None
-
-
-def _header_size(data) -> tuple[int, int] | None:
-    size = _jpeg_png_size(data)
-    if size is not None:
-        return size
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
-    import io
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(bytes(data[:1 << 20]) if len(data) > 1 << 20 else bytes(data))) as im:
-            return im.size
 
 
 def write_image(path, image, params=()) -> None:

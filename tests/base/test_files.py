@@ -68,24 +68,3 @@ def test_replace_dir_swaps_a_whole_folder(tmp_path):
     replace_dir(new, out)
     assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["dataset"]
 
-
-def test_image_header_size_reads_jpeg_and_png_headers_as_pillow_does(tmp_path):
-    from PIL import Image
-
-    from fer_common.files import image_header_size
-
-    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
-    encoded = {"baseline.jpg": cv2.imencode(".jpg", image)[1], "progressive.jpg":
-               cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1],
-               "gray.png": cv2.imencode(".png", image[..., 0])[1], "photo.bmp": cv2.imencode(".bmp", image)[1]}
-    # A JPEG with an EXIF segment (APP1) and fill bytes before its frame header, as cameras write them.
-    jpeg = encoded["baseline.jpg"].tobytes()
-    encoded["exif.jpg"] = np.frombuffer(jpeg[:2] + b"\xff\xe1\x00\x10Exif\x00\x00" + b"\x00" * 8 + b"\xff" + jpeg[2:],
-                                        np.uint8)
-    for name, data in encoded.items():
-        (tmp_path / name).write_bytes(data.tobytes())
-        with Image.open(tmp_path / name) as im:
-            assert im.size == (53, 37)
-        assert image_header_size(data) == (53, 37) == image_header_size(data.tobytes()), name
-    for damaged in (jpeg[:40], b"\xff\xd8\xff\xda", b"\xff\xd8" + b"\x00" * 20, b"\x89PNG\r\n\x1a\n"):
-        assert image_header_size(np.frombuffer(damaged, np.uint8)) is None
