@@ -8,6 +8,7 @@ loading left out), and the ratio now / then per round; the median ratio is the r
     python -m benchmarks.side_by_side --ref 5a06660 --rounds 5        # the commit before the re-layering
     python -m benchmarks.side_by_side --ref 87040ef --only video      # .mp4 / .webm against .avi (issue 35)
     python -m benchmarks.side_by_side --ref 7c2ac58 --only video --suffixes .avi   # a commit before .webm
+    python -m benchmarks.side_by_side --ref 45c1456 --only bulk --large_photos 64   # 12 M pixel photos too
 
 The video cases also print each --save_output's time a frame against .avi's in the same tree and round (the
 cost of the encoder, as the user sees it), median of the rounds.
@@ -22,11 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .bench_bulk import make_crops, make_photos
+from .bench_bulk import make_crops, make_large_photos, make_photos
 from .bench_video import DEFAULT_VIDEO, make_long_clip
 from .common import REPO, busy_processes
 
-PATTERNS = {"fps": re.compile(r"average ([\d.]+) FPS"), "images/s": re.compile(r"([\d.]+) images/s")}
+PATTERNS = {"fps": re.compile(r"average ([\d.]+) FPS"), "images/s": re.compile(r"([\d.]+) images/s"),
+            "s": re.compile(r"faces in ([\d.]+) s,")}
 
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".webm")      # MJPG (OpenCV), H.264 and VP9 (PyAV, when installed)
@@ -37,9 +39,9 @@ def video_case(suffix: str) -> str:
 
 
 def cases(work: Path, frames: int, crops: int, photos: int, only: str = "all",
-          suffixes: tuple = VIDEO_SUFFIXES) -> dict:
+          suffixes: tuple = VIDEO_SUFFIXES, large_photos: int = 0) -> dict:
     """name -> (script, arguments, unit): the default video run writing each of `suffixes`; bulk crops and
-    photos."""
+    photos (and phone-size photos, timed in seconds: a few images a second rounds badly)."""
     todo = {}
     if only in ("all", "video"):
         clip = make_long_clip(DEFAULT_VIDEO, work / "clip.mp4", frames)
@@ -52,6 +54,9 @@ def cases(work: Path, frames: int, crops: int, photos: int, only: str = "all",
             "inference.py", [crop_dir, "--recursive", "--no_detect", "--output", "{out}.jsonl"], "images/s")
         todo[f"{photos} photos with detection, --output .jsonl"] = (
             "inference.py", [photo_dir, "--output", "{out}.jsonl"], "images/s")
+        if large_photos:
+            todo[f"{large_photos} photos of 4032x3024 with detection, --output .jsonl"] = (
+                "inference.py", [make_large_photos(work / "large", large_photos), "--output", "{out}.jsonl"], "s")
     return todo
 
 
@@ -88,6 +93,8 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=600, help="video frames (the test clip looped; default: 600)")
     parser.add_argument("--crops", type=int, default=3000, help="48x48 crops for the bulk case (default: 3000)")
     parser.add_argument("--photos", type=int, default=200, help="640x480 photos for detection (default: 200)")
+    parser.add_argument("--large_photos", type=int, default=0,
+                        help="also this many 4032x3024 photos (a phone's), timed in seconds (default: 0)")
     parser.add_argument("--only", choices=["all", "video", "bulk"], default="all",
                         help="which cases (default: all)")
     parser.add_argument("--suffixes", nargs="+", choices=VIDEO_SUFFIXES, default=list(VIDEO_SUFFIXES),
@@ -101,7 +108,8 @@ def main(argv=None) -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(then), args.ref], check=True,
                        capture_output=True)
         try:
-            todo = cases(work, args.frames, args.crops, args.photos, args.only, tuple(args.suffixes))
+            todo = cases(work, args.frames, args.crops, args.photos, args.only, tuple(args.suffixes),
+                         args.large_photos)
             figures = {name: {"now": [], "then": []} for name in todo}
             for k in range(args.rounds):
                 for name, (script, case_args, unit) in todo.items():
@@ -114,12 +122,12 @@ def main(argv=None) -> None:
     print(f"now ({subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}) "
           f"against {args.ref}, {args.rounds} alternated rounds; load average at the start {load}"
           + (f"; UNDER LOAD (pids {', '.join(busy)})" if busy else ""))
-    print(f"{'case':<48} {'now':>9} {'then':>9} {'now/then (median of rounds)':>28}")
+    print(f"{'case':<48} {'now':>9} {'then':>9} {'speed now/then (median of rounds)':>34}")
     for name, (_, _, unit) in todo.items():
         now, then_ = figures[name]["now"], figures[name]["then"]
-        ratios = [a / b for a, b in zip(now, then_)]
+        ratios = [b / a if unit == "s" else a / b for a, b in zip(now, then_)]     # speed now / then
         print(f"{name:<48} {statistics.median(now):>9.1f} {statistics.median(then_):>9.1f} "
-              f"{statistics.median(ratios):>11.3f} ({min(ratios):.3f}-{max(ratios):.3f})  {unit}")
+              f"{statistics.median(ratios):>17.3f} ({min(ratios):.3f}-{max(ratios):.3f})  {unit}")
     for line in vs_avi(figures):
         print(line)
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
