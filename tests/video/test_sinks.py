@@ -74,6 +74,30 @@ def test_threaded_file_has_every_frame_in_order(tmp_path, suffix, codec):
     assert means[0] == pytest.approx(0, abs=2) and means[-1] == pytest.approx(8 * 29, abs=4)
 
 
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "libx264"), (".webm", "libvpx-vp9")])
+def test_colours_survive_the_yuv420p_conversion(tmp_path, suffix, codec):
+    """Frames reach the encoder as yuv420p converted by OpenCV (BT.601, limited range, as FFmpeg reads it back):
+    blue stays blue and skin stays skin, an odd last row and column are left out."""
+    needs(codec)
+    out = tmp_path / f"out{suffix}"
+    colours = [(200, 40, 30), (40, 180, 60), (30, 60, 210), (90, 140, 200)]       # BGR: blue, green, red, skin
+    frame = np.zeros((65, 97, 3), np.uint8)
+    with VideoFile(out, 25.0, (97, 65)) as video:
+        for k in range(8):
+            for j, colour in enumerate(colours):
+                frame[:, 24 * j:24 * (j + 1) + 1] = colour
+            video.write(frame)
+    cap = cv2.VideoCapture(str(out))
+    read = []
+    while (got := cap.read()[1]) is not None:
+        read.append(got)
+    cap.release()
+    assert len(read) == 8 and read[0].shape == (64, 96, 3)
+    for j, colour in enumerate(colours):
+        patch = read[-1][8:56, 24 * j + 6:24 * j + 18].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(patch, colour, atol=6)
+
+
 def failing_at(n, threads):
     """_PyAVWriter.write failing at frame n (1-based) as a full disk does, noting the thread it ran on."""
     original = _PyAVWriter.write
