@@ -39,7 +39,7 @@ VIDEO_EXTRA = "pip install 'fer-toolkit[video]'"         # PyAV, named the way e
 FOURCCS = {ext: next(c for lib, c, _ in encoders if lib == "opencv") for ext, encoders in ENCODERS.items()}
 # libx264's "superfast" preset: the fastest of the presets measured at about a third of mp4v's size
 # (benchmarks/README.md, encoders). VP9 at constant quality 37, the quality of that H.264 (35.6 against 35.4 dB
-# PSNR on the test clip): a third smaller and 10% less CPU than libvpx's default bitrate.
+# PSNR on the test clip): files 28% smaller than at libvpx's default bitrate, for the same CPU.
 PYAV_OPTIONS = {"libx264": {"preset": "superfast", "crf": "23"},
                 "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "37", "b": "0"},
                 "libsvtav1": {"preset": "10"}}
