@@ -9,8 +9,9 @@
 Worker threads each take a chunk of `batch_size` images (smaller ones at the end: chunk_sizes), read them one
 by one (and detect their faces, keeping only those), and send all the chunk's faces through the model in one
 forward pass. OpenCV and ONNX Runtime release the GIL, so the threads use every core; only a few chunks are
-in flight at a time, so memory does not grow with the folder, and results come back in input order, as fer_common.results.Result objects (an unreadable image too, with its
-`error`). fer_common.writers streams them to a .jsonl or .csv file that an interrupted run can resume from.
+in flight at a time, so memory does not grow with the folder, and results come back in input order, as
+fer_common.results.Result objects (an unreadable image too, with its `error`). fer_common.writers streams them
+to a .jsonl or .csv file that an interrupted run can resume from.
 """
 
 import contextlib
