@@ -147,8 +147,6 @@ class _PyAVWriter:
         where swscale took 0.7 ms of the encoder's thread (benchmarks/README.md)."""
         if frame.shape[0] != self.height or frame.shape[1] != self.width:
             frame = frame[:self.height, :self.width]
-        if frame.ndim == 2:
-            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         return self.av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
 
     def write(self, frame) -> None:

@@ -67,4 +67,3 @@ def test_replace_dir_swaps_a_whole_folder(tmp_path):
     (new / "new.txt").write_text("new")
     replace_dir(new, out)
     assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["dataset"]
-
